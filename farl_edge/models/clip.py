@@ -24,7 +24,8 @@ class MaskedVisionTransformer(VisionTransformer):
     def __init__(self, *args, mim_vocab_size: int = 8192, **kwargs):
         super().__init__(*args, **kwargs)
         heads = self.transformer.resblocks[0].attn.heads
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, self.width))
+        # Shape (width,) as in FaRL's VisualTransformer, so official checkpoints load strictly.
+        self.mask_token = nn.Parameter(torch.zeros(self.width))
         self.lm_transformer = Transformer(self.width, MIM_LM_LAYERS, heads)
         self.ln_lm = LayerNorm(self.width)
         self.lm_head = nn.Linear(self.width, mim_vocab_size)

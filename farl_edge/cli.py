@@ -1,0 +1,151 @@
+"""`farl-edge` command line. Each subcommand imports its heavy dependencies only when it runs."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A problem with what the user asked for: printed as one line, exit status 2."""
+
+
+def cmd_models(args) -> int:
+    from farl_edge.registry import get_config, list_models, weights_path
+
+    rows = []
+    for name in list_models(args.task):
+        c = get_config(name)
+        out = f"{len(c.labels)} classes" if c.task == "parsing" else (f"{c.num_landmarks} points" if c.task == "alignment" else "embedding")
+        weights = "shipped" if weights_path(c) else "-"
+        rows.append((name, c.task, str(c.input_size), out, weights, c.description))
+    if args.json:
+        print(json.dumps([get_config(r[0]).to_dict() for r in rows], indent=2))
+        return 0
+    header = ("model", "task", "input", "outputs", "weights", "description")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(5)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  " + header[5])
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[5])
+    return 0
+
+
+def load_predictor(model: str, checkpoint: str | None = None, trust_torchscript: bool = False, **runtime_kwargs):
+    """A registry name / our checkpoint file (PyTorch) or an exported artifact folder (runtime)."""
+    path = Path(model)
+    if path.is_dir() and (path / "manifest.json").exists():
+        from farl_edge.runtime import load
+
+        return load(path, **runtime_kwargs)
+    from farl_edge.models import create_model
+    from farl_edge.models.predictor import TorchPredictor
+    from farl_edge.registry import UnknownModelError
+
+    if path.suffix == ".safetensors" and path.exists():
+        from farl_edge.checkpoint import read_card
+
+        card = read_card(path)
+        return TorchPredictor(create_model(card["model"], checkpoint=path))
+    try:
+        return TorchPredictor(create_model(model, checkpoint=checkpoint, trust_torchscript=trust_torchscript))
+    except UnknownModelError as e:
+        raise UserError(f"{e}; or pass an exported artifact folder / a .safetensors checkpoint") from None
+
+
+def cmd_eval(args) -> int:
+    from farl_edge.datasets import open_dataset
+    from farl_edge.evaluate import evaluate
+
+    data = Path(args.data)
+    if not data.exists():
+        raise UserError(f"data folder {data} does not exist")
+    predictor = load_predictor(args.model, args.checkpoint, args.trust_torchscript)
+    samples = open_dataset(data, args.format)
+    metrics = evaluate(predictor, samples, batch_size=args.batch_size, limit=args.limit)
+    metrics = {"model": predictor.config.name, "data": str(data), **metrics}
+    _print_metrics(metrics)
+    if args.json:
+        _write_json_atomic(Path(args.json), metrics)
+    return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for k, v in value.items():
+                print(f"  {k:<16} {v:8.2f}" if isinstance(v, float) else f"  {k:<16} {v}")
+        else:
+            print(f"{key:<18} {value:8.3f}" if isinstance(value, float) else f"{key:<18} {value}")
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="farl-edge", description="FaRL face models: train, export, verify, benchmark, run.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the model registry")
+    p.add_argument("--task", choices=["backbone", "parsing", "alignment"])
+    p.add_argument("--json", action="store_true", help="print the configs as JSON")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("eval", help="measure a model (PyTorch or exported) on an annotated data set")
+    p.add_argument("--model", required=True, help="registry name, .safetensors checkpoint, or exported artifact folder")
+    p.add_argument("--checkpoint", help="weights for a registry name (official FaRL .pth, FaRL trainer file, ours)")
+    p.add_argument("--trust-torchscript", action="store_true", help="allow TorchScript checkpoints (runs code from the file)")
+    p.add_argument("--data", required=True, help="data set folder")
+    p.add_argument("--format", choices=["300w", "wflw", "aflw19", "lapa", "celebamask-hq"], help="default: detect")
+    p.add_argument("--json", help="write the metrics here")
+    p.add_argument("--limit", type=int, help="first N faces only")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=cmd_eval)
+
+    for register in _optional_commands():
+        register(sub)
+    return parser
+
+
+def _optional_commands():
+    """Subcommands that live beside their library code (export, formats, bench, run)."""
+    import importlib
+
+    for module in ("farl_edge.export.cli", "farl_edge.runtime.cli", "farl_edge.bench.cli"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name == module or module.startswith(str(e.name)):
+                continue  # that part of the toolchain is not in this build
+            raise
+        yield mod.register
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"farl-edge {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, ValueError, KeyError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"farl-edge {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

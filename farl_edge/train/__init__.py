@@ -1,0 +1,1 @@
+"""Training library behind the ``train/`` programs (run with torchrun)."""

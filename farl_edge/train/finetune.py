@@ -1,0 +1,178 @@
+"""Fine-tuning for parsing and alignment (FaRL's recipe), one process per rank under torchrun.
+
+Config (JSON, see ``train/configs``): model, data paths, epochs, batch size, learning rates for
+backbone and head, weight decay, EMA decay, augmentations, init checkpoint, output folder.
+The EMA weights are the evaluated and saved model, as in FaRL.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from farl_edge.datasets import open_dataset
+from farl_edge.evaluate import evaluate
+from farl_edge.models import create_model
+from farl_edge.models.predictor import TorchPredictor
+from farl_edge.train import losses
+from farl_edge.train.distributed import all_reduce_mean, barrier, cleanup, init_distributed
+from farl_edge.train.schedule import warmup_cosine
+from farl_edge.train.state import load_train_state, save_train_state
+
+DEFAULTS = {
+    "epochs": 10, "batch_size": 16, "lr_backbone": 1e-4, "lr_head": 1e-3, "weight_decay": 1e-5,
+    "betas": [0.9, 0.999], "ema": 0.999, "warmup_steps": 100, "bf16": True, "workers": 0, "seed": 0,
+    "augment": {}, "eval_limit": None, "eval_every": 1, "threads": None, "max_steps": None,
+    "heatmap_sigma": 1.5, "heatmap_weight": 1.0, "init": None, "freeze_backbone": False,
+}
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> dict:
+    cfg = {**DEFAULTS, **json.loads(Path(path).read_text())}
+    cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for key in ("model", "train_data", "output"):
+        if key not in cfg:
+            raise ValueError(f"{path}: training config needs {key!r}")
+    return cfg
+
+
+def param_groups(model, cfg: dict) -> list[dict]:
+    """Backbone and head at their own learning rates (FaRL: 1e-4 / 1e-3 or 1e-2)."""
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    head = [p for p in model.head.parameters() if p.requires_grad]
+    groups = [{"params": head, "lr": cfg["lr_head"]}]
+    if backbone:
+        groups.append({"params": backbone, "lr": cfg["lr_backbone"]})
+    return groups
+
+
+def task_loss(model, x, target, cfg: dict):
+    logits = model(x)
+    if model_cfg(model).task == "parsing":
+        loss = losses.parsing_loss(logits, target)
+        return loss, {"loss": loss.item()}
+    loss, l1 = losses.alignment_loss(logits, target, x.shape[-1], cfg["heatmap_sigma"], cfg["heatmap_weight"])
+    return loss, {"loss": loss.item(), "l1": l1.item()}
+
+
+def model_cfg(model):
+    return (model.module if hasattr(model, "module") else model).cfg
+
+
+class HeadLogits(torch.nn.Module):
+    """Forward = raw head output, so DDP wraps the call the losses need."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.cfg = model.cfg
+
+    def forward(self, x):
+        return self.model.head_logits(x)
+
+
+def run(cfg: dict) -> dict:
+    info = init_distributed()
+    if cfg["threads"]:
+        torch.set_num_threads(int(cfg["threads"]))
+    torch.manual_seed(cfg["seed"])
+    out = Path(cfg["output"])
+    model = create_model(cfg["model"], checkpoint=cfg["init"], pretrained=False).to(info.device)
+    if cfg["freeze_backbone"]:
+        model.backbone.requires_grad_(False)
+    mcfg = model.cfg
+    train_set = _task_dataset(cfg["train_data"], mcfg, cfg["augment"], cfg["seed"])
+    sampler = DistributedSampler(train_set, info.world_size, info.rank, shuffle=True, seed=cfg["seed"])
+    loader = DataLoader(train_set, batch_size=cfg["batch_size"], sampler=sampler, num_workers=cfg["workers"],
+                        drop_last=True, persistent_workers=cfg["workers"] > 0)
+    steps_per_epoch = len(loader)
+    total = cfg["max_steps"] or cfg["epochs"] * steps_per_epoch
+    net = HeadLogits(model)
+    ddp = DistributedDataParallel(net) if info.world_size > 1 else net
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+    scheduler = warmup_cosine(optimizer, cfg["warmup_steps"], total)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema"]), use_buffers=True)
+    step, history = 0, []
+    resume = out / "last.pt"
+    if resume.exists():
+        step, extra = load_train_state(resume, model=model, optimizer=optimizer, scheduler=scheduler)
+        ema.module.load_state_dict(extra["ema"])
+        history = extra.get("history", [])
+    log_path = out / "train_log.csv"
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    from tqdm.auto import tqdm
+
+    start_time = time.time()
+    bar = tqdm(total=total, initial=step, desc=f"train {mcfg.name}", disable=not info.is_main)
+    while step < total:
+        epoch = step // steps_per_epoch
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        net.train()
+        skip = step % steps_per_epoch  # mid-epoch resume: skip batches already seen
+        for i, (x, target) in enumerate(loader):
+            if i < skip:
+                continue
+            x, target = x.to(info.device), target.to(info.device)
+            with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg["bf16"]):
+                loss, stats = task_loss(ddp, x, target, cfg)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            ema.update_parameters(model)
+            step += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in stats.items()})
+            if info.is_main:
+                _append_csv(log_path, {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
+                                       "time_s": round(time.time() - start_time, 1), **stats})
+            if step >= total:
+                break
+        end_of_epoch = step % steps_per_epoch == 0 or step >= total
+        if end_of_epoch and info.is_main:
+            ep = step // steps_per_epoch
+            if cfg.get("val_data") and (ep % cfg["eval_every"] == 0 or step >= total):
+                metrics = evaluate(TorchPredictor(ema.module), _samples(cfg["val_data"]), limit=cfg["eval_limit"],
+                                   progress=False)
+                history.append({"epoch": ep, "step": step, **{k: v for k, v in metrics.items() if not isinstance(v, dict)}})
+                bar.write(f"epoch {ep}: {json.dumps(history[-1])}")
+            save_train_state(resume, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
+                             extra={"ema": ema.module.state_dict(), "history": history})
+        barrier()
+    bar.close()
+    result = {"steps": step, "history": history, "train_seconds": round(time.time() - start_time, 1)}
+    if info.is_main:
+        from farl_edge.checkpoint import save_checkpoint
+
+        card = {"training": {k: cfg[k] for k in cfg if k not in ("output",)}, "history": history}
+        save_checkpoint(ema.module, out / f"{mcfg.name}.safetensors", card=card)
+        (out / "result.json").write_text(json.dumps(result, indent=2))
+    cleanup()
+    return result
+
+
+def _samples(path: str):
+    return open_dataset(path)
+
+
+def _task_dataset(path: str, mcfg, aug: dict, seed: int):
+    from farl_edge.train.task_data import FaceTaskDataset
+
+    return FaceTaskDataset(_samples(path), mcfg, aug, seed)
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
