@@ -20,6 +20,7 @@ import pickle
 import re
 import struct
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,20 +56,21 @@ class LoadResult:
 # --------------------------------------------------------------------------- ignore tables
 # (regex, why). Anything not matched here must load strictly.
 
+_CLIP_METADATA = (r"^(input_resolution|context_length|vocab_size)$", "CLIP metadata scalars, not weights")
+_MIM = (r"^visual\.(mask_token$|lm_transformer\.|ln_lm\.|lm_head\.)", "masked-image-modelling branch, pre-training only")
+
 # Official pre-training file → image tower only.
 OFFICIAL_IGNORED_FOR_IMAGE_TOWER: tuple[tuple[str, str], ...] = (
     (r"^(token_embedding|transformer|ln_final)\.", "CLIP text tower, not part of the image tower"),
     (r"^(positional_embedding|text_projection)$", "CLIP text tower, not part of the image tower"),
     (r"^logit_scale$", "image-text contrastive temperature, pre-training only"),
-    (r"^(input_resolution|context_length|vocab_size)$", "CLIP metadata scalars, not weights"),
-    (r"^visual\.(mask_token$|lm_transformer\.|ln_lm\.|lm_head\.)", "masked-image-modelling branch, pre-training only"),
+    _CLIP_METADATA,
+    _MIM,
 )
 
-# Official pre-training file → FaRLClip built without the MIM branch.
-OFFICIAL_IGNORED_FOR_CLIP: tuple[tuple[str, str], ...] = (
-    (r"^(input_resolution|context_length|vocab_size)$", "CLIP metadata scalars, not weights"),
-    (r"^visual\.(mask_token$|lm_transformer\.|ln_lm\.|lm_head\.)", "masked-image-modelling branch, pre-training only"),
-)
+# Official pre-training file → FaRLClip, built without / with the MIM branch.
+OFFICIAL_IGNORED_FOR_CLIP: tuple[tuple[str, str], ...] = (_CLIP_METADATA, _MIM)
+OFFICIAL_IGNORED_FOR_CLIP_WITH_MIM: tuple[tuple[str, str], ...] = (_CLIP_METADATA,)
 
 # FaRL trainer / facer TorchScript task networks.
 TRAINER_IGNORED: tuple[tuple[str, str], ...] = (
@@ -191,9 +193,11 @@ def _torch_load(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower():
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+            what = f" ({found.group(1)})" if found else ""
             raise CheckpointError(
-                f"{path}: holds pickled objects other than tensors and plain containers, which are refused for safety"
-                f" (weights_only=True): {_short(exc)}"
+                f"{path}: holds pickled objects other than tensors and plain containers{what}, which are refused"
+                f" for safety because unpickling them can run code (weights_only=True)"
             ) from exc
         raise CheckpointError(f"{path}: cannot unpickle the checkpoint, it may be truncated or corrupt ({_short(exc)})") from exc
     except Exception as exc:  # torch raises RuntimeError/EOFError/... for damaged files
@@ -207,7 +211,9 @@ def _torchscript_state(path: Path, trust: bool) -> dict:
             f" if you trust its source, opt in with {TRUST_FLAG} (trust_torchscript=True)"
         )
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # torch deprecates TorchScript; the user opted in explicitly
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot load the TorchScript file ({_short(exc)})") from exc
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -393,26 +399,31 @@ def _load_farl_edge(model: nn.Module, path: Path) -> LoadResult:
 
 
 def load_clip_weights(model: nn.Module, path: str | Path) -> LoadResult:
-    """Official FaRL pre-training file (or our safetensors of a FaRLClip) → FaRLClip, strictly.
-
-    MIM keys are ignored unless the model was built with ``mim=True``, then they must match.
-    """
+    """Official FaRL pre-training file (or our safetensors of a FaRLClip) → FaRLClip, strictly."""
     path = Path(path)
     kind = sniff_format(path)
     if kind == "torchscript":
         raise CheckpointError(f"{path}: is a TorchScript task model; FaRLClip loads the official pre-training .pth")
-    card = None
     if kind == "safetensors":
         state, metadata = _read_safetensors(path)
-        card, fmt = _card_from_metadata(metadata, path), "farl-edge"
-    else:
-        fmt, state = _classify(_torch_load(path), path)
+        result = load_clip_state(model, state, path)
+        result.format, result.card = "farl-edge", _card_from_metadata(metadata, path)
+        return result
+    fmt, state = _classify(_torch_load(path), path)
+    result = load_clip_state(model, state, path)
+    result.format = fmt
+    return result
+
+
+def load_clip_state(model: nn.Module, state: dict, path: str | Path = "<state dict>") -> LoadResult:
+    """Official-layout state dict → FaRLClip. MIM keys are ignored unless the model has MIM, then they must fit."""
+    path = Path(path)
     has_mim = hasattr(model.visual, "mask_token")
-    table = OFFICIAL_IGNORED_FOR_CLIP[:1] if has_mim else OFFICIAL_IGNORED_FOR_CLIP
-    state, ignored = _split_ignored(state, table)
+    table = OFFICIAL_IGNORED_FOR_CLIP_WITH_MIM if has_mim else OFFICIAL_IGNORED_FOR_CLIP
+    state, ignored = _split_ignored(_strip_prefix(state), table)
     resized = _fit_pos_embed(state, "visual.positional_embedding", model.visual)
     _load_strict(model, state, path, "FaRL image-text model" + (" with MIM" if has_mim else ""))
-    return LoadResult(path, fmt, ignored, resized, card)
+    return LoadResult(path, "official", ignored, resized)
 
 
 # --------------------------------------------------------------------------- model cards

@@ -38,8 +38,6 @@ scaled by ``size / 512`` (continuous coordinates). facer scales it by ``(size - 
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import cv2
 import numpy as np
 

@@ -233,7 +233,7 @@ def _simpson_np(y: np.ndarray, x: np.ndarray) -> float:
         h0, h1 = h_[0::2], h_[1::2]
         hs = h0 + h1
         hp = h0 * h1
-        hd = h1 / h0
+        hd = h0 / h1
         return float(np.sum(hs / 6.0 * (y_[0:-1:2] * (2.0 - 1.0 / hd)
                                           + y_[1::2] * hs * hs / hp
                                           + y_[2::2] * (2.0 - hd))))

@@ -82,6 +82,18 @@ class FaceSample:
     mask_hw: tuple[int, int] | None = None
     attributes: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        bits = [f"name={self.name!r}", f"image_path={str(self.image_path)!r}"]
+        if self.landmarks is not None:
+            bits.append(f"landmarks={self.landmarks.shape}")
+        if self.box is not None:
+            bits.append(f"box={np.round(self.box, 2).tolist()}")
+        if self.mask_path is not None:
+            bits.append(f"mask_path={str(self.mask_path)!r}")
+        if self.mask_parts is not None:
+            bits.append(f"mask_parts={len(self.mask_parts)}")
+        return f"FaceSample({', '.join(bits)})"
+
     @property
     def has_mask(self) -> bool:
         return self.mask_path is not None or self.mask_parts is not None

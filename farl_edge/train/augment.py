@@ -16,10 +16,6 @@ def random_similarity(rng: np.random.Generator, size: int, rotate_deg: float, sc
     return np.array([[cos, -sin, c - cos * c + sin * c + tx], [sin, cos, c - sin * c - cos * c + ty], [0, 0, 1]])
 
 
-def compose(outer_3x3: np.ndarray, inner_2x3: np.ndarray) -> np.ndarray:
-    return (outer_3x3 @ np.vstack([inner_2x3, [0, 0, 1]]))[:2]
-
-
 def photometric(rng: np.random.Generator, image: np.ndarray, cfg: dict) -> np.ndarray:
     """uint8 RGB → uint8 RGB with FaRL-style colour and quality changes."""
     img = image

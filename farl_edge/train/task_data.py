@@ -1,6 +1,7 @@
 """Training sets for fine-tuning: annotated faces → augmented model inputs and targets."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -32,7 +33,7 @@ class FaceTaskDataset(Dataset):
                                    image_hw=image.shape[:2])
         if self.aug:
             a = self.aug
-            matrix = augment.compose(
+            matrix = geometry.compose_affine(
                 augment.random_similarity(rng, size, a.get("rotate", 0), tuple(a.get("scale", (1, 1))), a.get("shift", 0)),
                 matrix)
             image = augment.photometric(rng, image, a)
@@ -48,7 +49,8 @@ class FaceTaskDataset(Dataset):
             return tensor, torch.from_numpy(np.asarray(pts, dtype=np.float32))
         mask = sample.load_mask()
         if self.cfg.preprocess.get("warp") == "tanh":
-            labels = geometry.tanh_warp_labels(mask, matrix, size, self.cfg.preprocess.get("warp_factor", 0.8))
+            labels = geometry.tanh_warp_image(mask, matrix, size, self.cfg.preprocess.get("warp_factor", 0.8),
+                                              interpolation=cv2.INTER_NEAREST)
         else:
-            labels = geometry.warp_image(mask, matrix, size, interpolation=0)
+            labels = geometry.warp_image(mask, matrix, size, interpolation=cv2.INTER_NEAREST)
         return tensor, torch.from_numpy(labels.astype(np.int64))

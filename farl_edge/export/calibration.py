@@ -1,0 +1,144 @@
+"""Calibration and evaluation face crops, prepared exactly as at inference.
+
+Every crop goes through :func:`farl_edge.evaluate.prepare` (``crops.crop_matrix`` +
+``crops.warp_input``) and :func:`farl_edge.crops.to_tensor_layout`, the path evaluation and the
+runtime use. Sources:
+
+- default: the shared real-face data beside the project (``../shared/data``): 300-W train for
+  alignment and backbone models, CelebAMask-HQ train for parsing; evaluation subsets from
+  300-W test-helen / CelebAMask-HQ val;
+- ``--calib DIR``: an annotated data set (format detected) — or a plain folder of face images
+  without annotations, each cropped as the whole image resized to the model input.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from farl_edge.registry import ModelConfig
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+DEFAULT_CALIB = {"alignment": ("300w", "train"), "parsing": ("celebamask-hq", "train"), "backbone": ("300w", "train")}
+DEFAULT_EVAL = {"alignment": ("300w", "test-helen"), "parsing": ("celebamask-hq", "val")}
+
+
+@dataclass
+class FaceSet:
+    """Real face samples for calibration or evaluation, with a reproducible description."""
+
+    samples: list
+    source: str
+    kind: str  # "annotated:<format>" or "images"
+    total: int  # faces in the source before subsampling
+    files: list[str] = field(default_factory=list)  # paths relative to source, in use order
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def inputs(self, cfg: ModelConfig) -> np.ndarray:
+        """(N, 3, S, S) float32 model inputs, prepared as at inference."""
+        from farl_edge import crops
+        from farl_edge.evaluate import prepare
+
+        return crops.to_tensor_layout(np.stack([prepare(s, cfg)[0] for s in self.samples]))
+
+    def batches(self, cfg: ModelConfig, batch: int = 1):
+        """Model inputs in batches of ``batch`` (the artifact's fixed batch), prepared lazily."""
+        from farl_edge import crops
+        from farl_edge.evaluate import prepare
+
+        for start in range(0, len(self.samples) - batch + 1, batch):
+            chunk = self.samples[start:start + batch]
+            yield crops.to_tensor_layout(np.stack([prepare(s, cfg)[0] for s in chunk]))
+
+    def describe(self) -> dict:
+        """Manifest entry: where the faces came from and a sha256 over (file name, content hash)."""
+        h = hashlib.sha256()
+        root = Path(self.source)
+        for rel in self.files:
+            path = root / rel
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+            h.update(f"{rel}\t{digest}\n".encode())
+        return {"source": self.source, "kind": self.kind, "count": len(self.samples), "available": self.total,
+                "selection": "evenly spaced over the sorted list", "sha256": h.hexdigest(),
+                "files": self.files if len(self.files) <= 256 else self.files[:256] + ["..."]}
+
+
+def shared_data_dir(task: str, which: str) -> Path | None:
+    table = DEFAULT_CALIB if which == "calib" else DEFAULT_EVAL
+    if task not in table:
+        return None
+    path = SHARED_DATA.joinpath(*table[task])
+    return path if path.is_dir() else None
+
+
+def _evenly(items: Sequence, count: int | None) -> list:
+    if count is None or count >= len(items):
+        return list(items)
+    idx = np.linspace(0, len(items) - 1, count).round().astype(int)
+    return [items[i] for i in idx]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def open_faces(path: str | Path, count: int | None, *, purpose: str = "calibration",
+               allow_unannotated: bool = True) -> FaceSet:
+    """``count`` faces (all if None) from an annotated data set, or from a plain image folder."""
+    from farl_edge.datasets import DatasetError, FaceSample, detect_format, open_dataset
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{purpose} folder {path} does not exist")
+    if not path.is_dir():
+        raise ValueError(f"{purpose} data {path} is not a folder")
+    if count is not None and count < 1:
+        raise ValueError(f"{purpose} size must be >= 1, not {count}")
+    try:
+        fmt = detect_format(path)
+    except DatasetError:
+        fmt = None
+    if fmt is not None:
+        samples = list(open_dataset(path, fmt))
+        if not samples:
+            raise ValueError(f"{purpose} data set {path} ({fmt}) holds no faces")
+        chosen = _evenly(sorted(samples, key=lambda s: str(s.image_path)), count)
+        files = [Path(s.image_path).relative_to(path).as_posix() if Path(s.image_path).is_relative_to(path)
+                 else str(s.image_path) for s in chosen]
+        return FaceSet(chosen, str(path), f"annotated:{fmt}", len(samples), files)
+    if not allow_unannotated:
+        raise ValueError(f"{purpose} folder {path} is not an annotated data set (300w / wflw / aflw19 / lapa / "
+                         f"celebamask-hq layout)")
+    images = _image_files(path)
+    if not images:
+        raise ValueError(f"{purpose} folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    chosen = _evenly(images, count)
+    samples = [FaceSample(image_path=p, name=p.stem) for p in chosen]
+    return FaceSet(samples, str(path), "images", len(images), [p.relative_to(path).as_posix() for p in chosen])
+
+
+def calibration_set(cfg: ModelConfig, calib: str | Path | None, count: int) -> FaceSet:
+    path = Path(calib) if calib else shared_data_dir(cfg.task, "calib")
+    if path is None:
+        raise ValueError(f"no calibration data: pass --calib DIR (face images; default "
+                         f"{SHARED_DATA.joinpath(*DEFAULT_CALIB.get(cfg.task, ('?',)))} is absent)")
+    return open_faces(path, count, purpose="calibration")
+
+
+def evaluation_set(cfg: ModelConfig, data: str | Path | None, count: int) -> FaceSet:
+    """Annotated faces for validation (the task-level checks need ground truth)."""
+    path = Path(data) if data else shared_data_dir(cfg.task, "eval")
+    if path is None:
+        if cfg.task == "backbone":
+            path = shared_data_dir("alignment", "eval")
+            if path is not None:
+                return open_faces(path, count, purpose="evaluation")
+        raise ValueError(f"no evaluation data for validation: pass --eval-data DIR (an annotated data set; "
+                         f"default {SHARED_DATA.joinpath(*DEFAULT_EVAL.get(cfg.task, ('?',)))} is absent)")
+    return open_faces(path, count, purpose="evaluation", allow_unannotated=cfg.task == "backbone")

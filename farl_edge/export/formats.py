@@ -1,0 +1,81 @@
+"""Capability table of export formats: target → precisions, builder, runtime backend, extra.
+
+The TensorRT / Core ML exporters plug in by adding one :class:`Format` (``register_format``)
+whose builder follows the contract of :func:`farl_edge.export.onnx_export.build`, plus a runtime
+backend module (``farl_edge.runtime.backends.register_backend``). The ``export`` command, the
+manifest and the validator need no change.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Format:
+    target: str
+    precisions: tuple[str, ...]
+    builder: str  # "module:function", imported only when an export runs
+    backend: str  # runtime backend that runs the artifact (farl_edge.runtime.backends)
+    extra: str  # pip extra that installs what the builder needs: pip install 'farl-edge[EXTRA]'
+    requires: tuple[str, ...] = ()  # importable modules the builder needs
+    description: str = ""
+    int8_modes: tuple[str, ...] = ("static",)
+    notes: dict = field(default_factory=dict)
+
+    def missing(self) -> list[str]:
+        """Modules the builder needs that this environment lacks."""
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+    def available(self) -> bool:
+        return not self.missing()
+
+    def load_builder(self) -> Callable:
+        module, _, func = self.builder.partition(":")
+        return getattr(importlib.import_module(module), func)
+
+    def check(self, precision: str, int8_mode: str | None = None) -> None:
+        """ValueError (a user error) when this format cannot do what was asked here."""
+        if precision not in self.precisions:
+            raise ValueError(f"target {self.target!r} supports precisions {', '.join(self.precisions)}, "
+                             f"not {precision!r}")
+        if precision == "int8" and int8_mode and int8_mode not in self.int8_modes:
+            raise ValueError(f"target {self.target!r} supports --int8-mode {', '.join(self.int8_modes)}, "
+                             f"not {int8_mode!r}")
+        missing = self.missing()
+        if missing:
+            raise ValueError(f"target {self.target!r} needs {', '.join(missing)}: "
+                             f"pip install 'farl-edge[{self.extra}]'")
+
+
+FORMATS: dict[str, Format] = {}
+
+
+def register_format(fmt: Format, replace: bool = False) -> Format:
+    if fmt.target in FORMATS and not replace:
+        raise ValueError(f"export target {fmt.target!r} is already registered")
+    FORMATS[fmt.target] = fmt
+    return fmt
+
+
+def get_format(target: str) -> Format:
+    if target not in FORMATS:
+        raise ValueError(f"unknown export target {target!r}; known targets: {', '.join(FORMATS)}")
+    return FORMATS[target]
+
+
+register_format(Format(
+    target="onnx", precisions=("fp32", "fp16", "int8"), builder="farl_edge.export.onnx_export:build",
+    backend="onnxruntime", extra="export", requires=("torch", "onnx", "onnxscript", "onnxruntime"),
+    description="ONNX graph optimised for ONNX Runtime (fused attention/LayerNorm/QuickGelu); "
+                "fp16 keeps I/O, LayerNorm and Softmax in fp32; int8 = QDQ static or dynamic",
+    int8_modes=("static", "dynamic"),
+))
+register_format(Format(
+    target="openvino", precisions=("fp32", "fp16", "int8"), builder="farl_edge.export.openvino_export:build",
+    backend="openvino", extra="export", requires=("torch", "openvino", "nncf"),
+    description="OpenVINO IR (model.xml + model.bin); fp16 = fp16-compressed weights; int8 = NNCF PTQ",
+    int8_modes=("static",),
+))

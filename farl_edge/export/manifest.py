@@ -1,0 +1,118 @@
+"""Artifact folders: written under a temporary sibling name, renamed when complete.
+
+A failed or interrupted export leaves no folder that looks finished: the staging folder is
+``.<name>.partial-XXXX`` beside the destination and is removed on failure; only a folder holding
+a ``manifest.json`` whose ``status`` is ``ok`` is a finished artifact.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import tempfile
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator
+
+from farl_edge.runtime import ARTIFACT_FORMAT, FORMAT_VERSION, MANIFEST_NAME, sha256_file
+
+LIBRARIES = ("farl-edge", "torch", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "numpy", "opencv-python",
+             "opencv-python-headless")
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def check_writable(dest: Path) -> None:
+    """ValueError (one line) when ``dest`` cannot be created by renaming a sibling into place."""
+    parent = dest.parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"cannot write {dest}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {dest}: {probe} is not writable")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{dest.name}.probe-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ValueError(f"cannot write {dest}: {e.strerror or e}") from None
+
+
+@contextmanager
+def staging_folder(dest: Path) -> Iterator[Path]:
+    """A fresh temporary sibling of ``dest``; removed on any exit unless it was moved away."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
+    try:
+        yield tmp
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_table(folder: Path) -> dict[str, dict]:
+    """sha256 and size of every file in ``folder`` (recursive), except the manifest itself."""
+    table = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel == MANIFEST_NAME:
+            continue
+        table[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return table
+
+
+def new_manifest(**fields) -> dict:
+    return {"format": ARTIFACT_FORMAT, "format_version": FORMAT_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "versions": library_versions(), **fields}
+
+
+def write_manifest(folder: Path, manifest: dict) -> dict:
+    """Hash the folder's files into ``manifest['files']`` and write ``manifest.json`` atomically."""
+    manifest["files"] = file_table(folder)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(manifest, f, indent=2, default=_json_default)
+        f.write("\n")
+    os.replace(tmp, folder / MANIFEST_NAME)
+    return manifest
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to the manifest")
+
+
+def publish(staging: Path, dest: Path, overwrite: bool = False) -> Path:
+    """Rename the finished staging folder to ``dest`` (replacing an old artifact if allowed)."""
+    if dest.exists() or dest.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{dest} exists; pass --force to replace it")
+        old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
+        os.replace(dest, old / dest.name)
+        os.replace(staging, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, dest)
+    return dest

@@ -1,0 +1,43 @@
+"""Runtime backend registry: name → module. Modules are imported only when used.
+
+A backend module defines ``NAME``, ``available() -> (bool, reason)`` and
+``open(model_path, manifest, **options) -> runner`` where ``runner.run(batch) -> {name: array}``
+(and ``runner.info``, a dict describing how it was configured). New backends (TensorRT, Core ML)
+call :func:`register_backend` or add a line to ``BACKENDS``.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+BACKENDS: dict[str, str] = {
+    "onnxruntime": "farl_edge.runtime.backends.onnxruntime_backend",
+    "openvino": "farl_edge.runtime.backends.openvino_backend",
+}
+
+
+def register_backend(name: str, module: str) -> None:
+    BACKENDS[name] = module
+
+
+def get_backend(name: str) -> ModuleType:
+    from farl_edge.runtime import ArtifactError
+
+    if name not in BACKENDS:
+        raise ArtifactError(f"unknown runtime backend {name!r}; known: {', '.join(BACKENDS)}")
+    module = importlib.import_module(BACKENDS[name])
+    ok, reason = module.available()
+    if not ok:
+        raise ArtifactError(f"runtime backend {name!r} is not available here: {reason}")
+    return module
+
+
+def available_backends() -> dict[str, tuple[bool, str]]:
+    """{name: (available, reason)} for every registered backend."""
+    out = {}
+    for name, path in BACKENDS.items():
+        try:
+            out[name] = importlib.import_module(path).available()
+        except ImportError as e:
+            out[name] = (False, str(e))
+    return out
