@@ -219,14 +219,14 @@ def _torchscript_state(path: Path, trust: bool) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _read_safetensors(path: Path) -> tuple[dict, dict]:
-    """(tensors, metadata)."""
+def _read_safetensors(path: Path, with_tensors: bool = True) -> tuple[dict, dict]:
+    """(tensors, metadata); tensors stay empty when only the metadata is wanted."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
     except Exception as exc:  # SafetensorError, OSError, ...
         raise CheckpointError(f"{path}: cannot read the safetensors file, it may be truncated or corrupt ({_short(exc)})") from exc
     return tensors, metadata
@@ -354,7 +354,7 @@ def load_official_image_tower(tower: VisionTransformer, state: dict, path: str |
 def _load_task_state(model: nn.Module, state: dict, path: Path, fmt: str) -> LoadResult:
     mapped, ignored = map_farl_keys(state, model.state_dict().keys(), path)
     resized = _fit_pos_embed(mapped, "backbone.positional_embedding", _image_tower(model))
-    _load_strict(model, mapped, path, f"{_describe(model)}")
+    _load_strict(model, mapped, path, _describe(model))
     return LoadResult(path, fmt, ignored, resized)
 
 
@@ -375,15 +375,18 @@ def load_weights_into(model: nn.Module, path: str | Path, trust_torchscript: boo
         return load_clip_weights(model, path)
     kind = sniff_format(path)
     if kind == "safetensors":
-        return _load_farl_edge(model, path)
-    if kind == "torchscript":
-        return _load_task_state(model, _torchscript_state(path, trust_torchscript), path, "torchscript")
-    fmt, state = _classify(_torch_load(path), path)
-    if fmt == "official":
-        result = load_official_image_tower(_image_tower(model), state, path)
+        result = _load_farl_edge(model, path)
+    elif kind == "torchscript":
+        result = _load_task_state(model, _torchscript_state(path, trust_torchscript), path, "torchscript")
     else:
-        result = _load_task_state(model, state, path, fmt)
-    log.debug("%s: loaded as %s, ignored %d keys", path, result.format, len(result.ignored))
+        fmt, state = _classify(_torch_load(path), path)
+        if fmt == "official":
+            result = load_official_image_tower(_image_tower(model), state, path)
+        else:
+            result = _load_task_state(model, state, path, fmt)
+    head_kept = result.format == "official" and getattr(model, "head", None) is not None
+    log.info("%s: loaded %s weights into %s (%d keys ignored%s)", path, result.format, _describe(model),
+             len(result.ignored), "; the task head keeps its initialisation" if head_kept else "")
     return result
 
 
@@ -477,7 +480,7 @@ def read_card(path: str | Path) -> dict:
     path = Path(path)
     if sniff_format(path) != "safetensors":
         raise CheckpointError(f"{path}: not a safetensors file, so it carries no farl-edge model card")
-    _, metadata = _read_safetensors(path)
+    _, metadata = _read_safetensors(path, with_tensors=False)
     card = _card_from_metadata(metadata, path)
     if card is None:
         card = _read_sidecar(path)

@@ -77,11 +77,12 @@ def evaluate(predictor: Predictor, samples: Sequence[FaceSample], batch_size: in
         for p in predict_samples(predictor, samples, batch_size, progress=progress):
             if p.sample.landmarks is None:
                 raise ValueError(f"{p.sample.image_path}: no landmarks to evaluate against")
-            meter.update(p.landmarks, p.sample.landmarks)
+            meter.update(p.landmarks, p.sample.landmarks, box=p.sample.box)
         return meter.summary()
     if cfg.task == "parsing":
         hist = ConfusionHistogram(len(cfg.labels))
         for p in predict_samples(predictor, samples, batch_size, progress=progress):
-            hist.update(p.label_map, p.sample.load_mask())
+            # Masks can be stored smaller than the image (official CelebAMask-HQ: 512 vs 1024).
+            hist.update(p.label_map, p.sample.load_mask(size=p.label_map.shape))
         return hist.summary(cfg.labels)
     raise ValueError(f"model {cfg.name!r} is a {cfg.task} model: nothing to evaluate on faces")

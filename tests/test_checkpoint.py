@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pickle
 
 import numpy as np
 import pytest
@@ -88,7 +87,8 @@ def test_full_b16_official_layout_accepted():
     model = FaRLModel(get_config("farl-b16-224"))
     result = load_official_image_tower(model.backbone, state, "FaRL-Base-Patch16-LAIONFace20M-ep16.pth")
     assert result.resized_pos_embed is None
-    assert torch.equal(model.backbone.transformer.resblocks[11].mlp.c_fc.weight, state["visual.transformer.resblocks.11.mlp.c_fc.weight"])
+    c_fc = model.backbone.transformer.resblocks[11].mlp.c_fc.weight
+    assert torch.equal(c_fc, state["visual.transformer.resblocks.11.mlp.c_fc.weight"])
     assert torch.equal(model.backbone.positional_embedding, state["visual.positional_embedding"])
 
 
@@ -453,3 +453,13 @@ def test_card_needs_task_outputs(tmp_path):
     with pytest.raises(ValueError, match="lacks"):
         save_checkpoint(nn.Linear(2, 2), tmp_path / "x.safetensors", card={"model": "x", "task": "parsing"})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_config_rebuilt_from_card(tmp_path):
+    from farl_edge.checkpoint import config_from_card
+
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(_task_model("farl-small-celebm"), path)
+    cfg, ref = config_from_card(read_card(path)), get_config("farl-small-celebm")
+    assert cfg.name == ref.name and cfg.vision == ref.vision and cfg.labels == ref.labels
+    assert cfg.head == ref.head and cfg.preprocess == ref.preprocess and cfg.num_outputs == 19

@@ -4,7 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from farl_edge.checkpoint import CheckpointError, load_clip_weights, load_weights_into, save_checkpoint, card_from_config
+from farl_edge.checkpoint import (
+    CheckpointError,
+    card_from_config,
+    load_clip_weights,
+    load_weights_into,
+    save_checkpoint,
+)
 from farl_edge.models.clip import FaRLClip
 from farl_edge.registry import get_config
 from farl_edge.tokenizer import tokenize

@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,32 @@ class Format:
         if missing:
             raise ValueError(f"target {self.target!r} needs {', '.join(missing)}: "
                              f"pip install 'farl-edge[{self.extra}]'")
+
+
+@dataclass
+class BuildJob:
+    """What a builder gets. It writes the model file(s) into ``folder`` (the staging artifact) and
+    scratch files into ``workdir``; it returns a :class:`BuildResult`."""
+
+    model: Any  # the PyTorch FaRLModel, eval mode, weights loaded, input size set
+    cfg: Any  # farl_edge.registry.ModelConfig
+    export_cfg: Any  # farl_edge.export.config.ExportConfig
+    precision: str
+    folder: Path
+    workdir: Path
+    calibration: Any = None  # farl_edge.export.calibration.FaceSet for int8, else None
+    evaluation: Any = None  # FaceSet of annotated faces (accuracy-controlled quantisation)
+    options: dict = field(default_factory=dict)  # int8_mode, int8_op_types, max_drop, inference_precision
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class BuildResult:
+    model_file: str  # path of the main model file, relative to the artifact folder
+    runtime_options: dict = field(default_factory=dict)  # defaults the runtime opens the artifact with
+    opset: int | None = None
+    info: dict = field(default_factory=dict)  # exporter details for the manifest ("build")
+    tolerance: str | None = None  # tolerance set to validate with, when not the precision's own
 
 
 FORMATS: dict[str, Format] = {}

@@ -1,0 +1,97 @@
+"""ONNX Runtime INT8: static QDQ (per-channel weights, calibrated on real face crops) or dynamic.
+
+Op types are data (``ExportConfig.int8_op_types``); quantising every op type broke accuracy
+(Q/DQ around LayerNorm, Softmax, Add and the sigmoid heatmaps), GEMM-like ops only keep it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+
+class FaceCalibrationReader:
+    """onnxruntime CalibrationDataReader over prepared face-crop batches."""
+
+    def __init__(self, batches: Iterable[np.ndarray], input_name: str):
+        self._batches = [np.ascontiguousarray(b, np.float32) for b in batches]
+        self._iter = iter(self._batches)
+        self.input_name = input_name
+
+    def get_next(self):
+        batch = next(self._iter, None)
+        return None if batch is None else {self.input_name: batch}
+
+    def rewind(self) -> None:
+        self._iter = iter(self._batches)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+
+@contextlib.contextmanager
+def _quiet():
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.getLogger().setLevel(level)
+
+
+def count_qdq(path_or_model) -> dict:
+    import onnx
+
+    model = onnx.load(str(path_or_model), load_external_data=False) if isinstance(path_or_model, (str, Path)) \
+        else path_or_model
+    ops = [n.op_type for n in model.graph.node]
+    return {"QuantizeLinear": ops.count("QuantizeLinear"), "DequantizeLinear": ops.count("DequantizeLinear"),
+            "integer_ops": sum(o in ("MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv",
+                                     "DynamicQuantizeMatMul", "QAttention", "DynamicQuantizeLinear") for o in ops)}
+
+
+def quantize_static_qdq(src: Path, dst: Path, batches: Iterable[np.ndarray], input_name: str,
+                        op_types: Sequence[str] | None = ("MatMul", "Conv"), per_channel: bool = True,
+                        workdir: Path | None = None) -> dict:
+    """Static INT8, QDQ format: uint8 asymmetric activations, int8 symmetric per-channel weights."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    reader = FaceCalibrationReader(batches, input_name)
+    if not len(reader):
+        raise ValueError("no calibration batches")
+    import onnx
+
+    from farl_edge.export.onnx_export import save_onnx
+
+    workdir = workdir or dst.parent
+    single = workdir / (src.stem + ".single.onnx")
+    save_onnx(onnx.load(str(src)), single)  # quant_pre_process cannot follow external data
+    pre = workdir / (src.stem + ".preprocessed.onnx")
+    with _quiet():
+        quant_pre_process(str(single), str(pre), skip_optimization=False, skip_symbolic_shape=True)
+        quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(op_types) if op_types else None, per_channel=per_channel,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    return {"mode": "static", "format": "QDQ", "op_types": list(op_types) if op_types else "all",
+            "per_channel": per_channel, "activations": "uint8 asymmetric (MinMax)", "weights": "int8 symmetric",
+            "calibration_batches": len(reader), **count_qdq(dst)}
+
+
+def quantize_dynamic_int8(src: Path, dst: Path, op_types: Sequence[str] = ("MatMul", "Attention")) -> dict:
+    """Dynamic INT8: int8 weights, activations quantised per call (no calibration)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet():
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(op_types), per_channel=False,
+                         weight_type=QuantType.QInt8)
+    return {"mode": "dynamic", "op_types": list(op_types), "weights": "int8", **count_qdq(dst)}
