@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import io
 import json
 import math
 import os
@@ -347,3 +346,24 @@ def test_torchrun_resume_matches_uninterrupted_run(shards, straight_run, tmp_pat
     assert a.keys() == b.keys()
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     assert worst <= 1e-6, f"resumed parameters differ from the uninterrupted run by up to {worst}"
+
+
+def test_init_from_official_file_with_other_mim_head(tmp_path):
+    """--init: an official file with FaRL's 8192-token head initialises a pixel-target model (head fresh)."""
+    from farl_edge.train.pretrain import load_init, official_state
+    from farl_edge.train.state import atomic_torch_save
+
+    tokens_cfg = load_config(CONFIG, {"shards": "x", "output": "x", "image_size": SIZE, "mim.target": "tokens",
+                                      "mim.tokenizer": f"{__name__}:_fake_tokenizer"})
+    source = build_model(tokens_cfg)
+    assert source.visual.lm_head.out_features == 8192
+    atomic_torch_save(official_state(source, tokens_cfg, 0), tmp_path / "farl.pth")
+    pixels_cfg = load_config(CONFIG, {"shards": "x", "output": "x", "image_size": SIZE})
+    torch.manual_seed(123)
+    target = build_model(pixels_cfg)
+    load_init(target, tmp_path / "farl.pth", pixels_cfg)
+    assert torch.equal(target.visual.conv1.weight, source.visual.conv1.weight)
+    assert torch.equal(target.token_embedding.weight, source.token_embedding.weight)
+    assert target.visual.lm_head.out_features == 768
+    with pytest.raises(ValueError, match="unknown"):
+        load_config(CONFIG, {"shards": "x", "output": "x", "mim.typo": 1})

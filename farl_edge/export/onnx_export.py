@@ -36,24 +36,38 @@ def torch2onnx(model, path: Path, export_cfg: ExportConfig, exporter: str | None
     if exporter not in ("dynamo", "torchscript"):
         raise ValueError(f"exporter must be 'dynamo' or 'torchscript', not {exporter!r}")
     s = export_cfg.input_size
-    example = torch.rand(export_cfg.batch or 2, 3, s, s, generator=torch.Generator().manual_seed(0))
+    example = torch.rand(2, 3, s, s, generator=torch.Generator().manual_seed(0))
     kwargs = dict(input_names=list(export_cfg.input_names), output_names=list(export_cfg.output_names),
                   opset_version=export_cfg.opset)
     if exporter == "dynamo":
         kwargs["dynamo"] = True
         kwargs["external_data"] = True
         kwargs["verbose"] = False
-        if export_cfg.batch is None:
-            kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+        # Always a symbolic batch: with a static one dynamo emits Reshape+Gemm+Reshape for every
+        # Linear, which ORT's attention fusion does not match. fix_batch() pins it afterwards.
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
     else:
         kwargs["dynamo"] = False
-        kwargs["dynamic_axes"] = export_cfg.dynamic_axes() or None
+        kwargs["dynamic_axes"] = {n: {0: "batch"} for n in (*export_cfg.input_names, *export_cfg.output_names)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         with torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(model, (example,), str(path), **kwargs)
     return path
+
+
+def fix_batch(model, batch: int | None, dim_name: str = "batch") -> None:
+    """Pin the symbolic batch dimension of graph inputs, outputs and value infos to ``batch``."""
+    if batch is None:
+        return
+    graph = model.graph
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param == dim_name:
+                dim.ClearField("dim_param")
+                dim.dim_value = int(batch)
 
 
 def onnx_check(path: Path) -> None:
@@ -190,7 +204,14 @@ def onnx2fp16(src: Path, dst: Path, block: tuple[str, ...] = ORT_FP16_BLOCK) -> 
 
 
 def build(job: BuildJob) -> BuildResult:
-    """Builder of target ``onnx`` (see farl_edge.export.formats)."""
+    """Builder of target ``onnx`` (see farl_edge.export.formats).
+
+    Every graph step runs on the symbolic-batch graph (ORT's fusions need it: with a static batch
+    its basic level rewrites each MatMul into Reshape+Gemm and attention no longer matches); the
+    batch is pinned at the end for a fixed-batch artifact.
+    """
+    import onnx
+
     from farl_edge.export import onnxruntime_quant
 
     opts = job.options
@@ -200,37 +221,31 @@ def build(job: BuildJob) -> BuildResult:
     torch2onnx(job.model, raw, job.export_cfg, exporter)
     onnx_check(raw)
     info = {"exporter": exporter, "exported": graph_stats(raw)}
-    out = job.folder / "model.onnx"
-    precision = job.precision
+    staged = job.workdir / "final.onnx"
     fused = job.workdir / "fused.onnx"
-    if precision == "int8" and opts.get("int8_mode", "static") == "static":
-        # QDQ on the un-fused graph: ORT fuses Q/DQ + MatMul into integer kernels at load time,
+    int8_mode = opts.get("int8_mode") or "static"
+    if job.precision == "int8" and int8_mode == "static":
+        # QDQ on the un-fused graph: ORT folds Q/DQ + MatMul into integer kernels at load time,
         # while its fused Attention op would hide the q/k/v projections from the quantiser.
-        job.log(f"int8 static QDQ ({', '.join(job.export_cfg.int8_op_types)}), "
-                f"{len(job.calibration)} calibration faces")
-        plain = job.workdir / "plain.onnx"
-        import onnx
-
-        model = onnx.load(str(raw))
-        save_onnx(model, plain)
+        op_types = tuple(opts.get("int8_op_types") or job.export_cfg.int8_op_types)
+        job.log(f"int8 static QDQ ({', '.join(op_types)}), {len(job.calibration)} calibration faces")
         info["quantization"] = onnxruntime_quant.quantize_static_qdq(
-            plain, out, job.calibration.batches(job.cfg, job.export_cfg.batch or 1), job.export_cfg.input_name,
-            op_types=opts.get("int8_op_types") or job.export_cfg.int8_op_types, workdir=job.workdir)
-        info["calibration_faces"] = len(job.calibration)
+            raw, staged, job.calibration.batches(job.cfg, job.export_cfg.batch or 1), job.export_cfg.input_name,
+            op_types=op_types, workdir=job.workdir)
     else:
         job.log("ORT transformer optimiser (clip fusions)")
         info["optimized"] = fuse_for_ort(raw, fused, job.cfg)
-        if precision == "fp32":
-            save_onnx(__import__("onnx").load(str(fused)), out)
-        elif precision == "fp16":
+        if job.precision == "fp32":
+            staged = fused
+        elif job.precision == "fp16":
             job.log("fp16 conversion (I/O, LayerNorm, Softmax kept fp32)")
-            info["fp16"] = onnx2fp16(fused, out)
-        else:  # int8 dynamic
+            info["fp16"] = onnx2fp16(fused, staged)
+        else:
             job.log("int8 dynamic quantisation")
-            info["quantization"] = onnxruntime_quant.quantize_dynamic_int8(fused, out)
-    if precision != "int8" or opts.get("int8_mode", "static") != "static":
-        pass
-    onnx_check(out) if precision == "fp32" else None
-    info["final"] = graph_stats(out)
-    return BuildResult(model_file="model.onnx", opset=job.export_cfg.opset, info=info,
+            info["quantization"] = onnxruntime_quant.quantize_dynamic_int8(fused, staged)
+    final = onnx.load(str(staged))
+    fix_batch(final, job.export_cfg.batch)
+    files = save_onnx(final, job.folder / "model.onnx")
+    info["final"] = graph_stats(final)
+    return BuildResult(model_file="model.onnx", opset=job.export_cfg.opset, info={**info, "files": files},
                        runtime_options={"optimization_level": "all"})

@@ -36,7 +36,7 @@ SCORE_CLIP = 100.0
 # (in, out, stride) of the 16 BlazeBlocks, as in the TFLite graph
 BLOCKS = [(24, 24, 1), (24, 28, 1), (28, 32, 2), (32, 36, 1), (36, 42, 1), (42, 48, 2), (48, 56, 1),
           (56, 64, 1), (64, 72, 1), (72, 80, 1), (80, 88, 1),  # → 16×16×88
-          (88, 96, 2), (96, 96, 1), (96, 96, 1), (96, 96, 1)]  # → 8×8×96
+          (88, 96, 2), (96, 96, 1), (96, 96, 1), (96, 96, 1), (96, 96, 1)]  # → 8×8×96
 HEADS = {"classificator_8": (88, 2), "classificator_16": (96, 6), "regressor_8": (88, 32), "regressor_16": (96, 96)}
 
 
@@ -178,6 +178,9 @@ def load_from_onnx(path: str | Path) -> BlazeFaceDetector:
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     det = BlazeFaceDetector()
     state = det.state_dict()
+    for k, v in state.items():  # MediaPipe's depthwise biases are all zero; the exporter drops them
+        if k not in inits and k.endswith("depthwise.bias"):
+            inits[k] = np.zeros(tuple(v.shape), np.float32)
     missing = [k for k in state if k not in inits]
     if missing:
         raise ValueError(f"{path}: no initializers for {missing[:5]}… (not exported by convert_blazeface.py?)")

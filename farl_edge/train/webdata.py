@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import math
 import random
 import warnings
@@ -38,7 +37,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-log = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 MAX_EMPTY_SHARDS = 100  # consecutive shards without one good sample → the data is unusable
@@ -151,7 +149,9 @@ class LaionFaceShards(IterableDataset):
         super().__init__()
         import webdataset as wds
 
-        self.urls = wds.shardlists.expand_source(urls) if isinstance(urls, str) else list(urls)
+        # brace notation and '::'-joined lists expand as in webdataset; a list may hold patterns too
+        patterns = [urls] if isinstance(urls, str) else list(urls)
+        self.urls = [u for pattern in patterns for u in wds.shardlists.expand_urls(str(pattern))]
         if not self.urls:
             raise ValueError(f"no shards in {urls!r}")
         self.image_size, self.batch_size = int(image_size), int(batch_size)

@@ -164,7 +164,7 @@ def export_onnx(det, path: Path) -> None:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(det, (example,), str(tmp), input_names=["input"], output_names=det.output_names,
-                          opset_version=17, dynamo=True, external_data=False,
+                          opset_version=18, dynamo=True, external_data=False,
                           dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=256)},))
     model = onnx.load(str(tmp))
     for extra in tmp.parent.glob(tmp.name + "*"):

@@ -1,0 +1,152 @@
+"""``export(model, target, precision, ...)``: one export, end to end.
+
+resolve model → check format/precision/output → evaluation faces → calibration faces (int8)
+→ builder (formats table) → manifest → open with the runtime → validate against PyTorch
+→ publish (rename the staging folder) or remove / keep marked failed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from farl_edge.export import manifest as mf
+from farl_edge.export.calibration import calibration_set, evaluation_set
+from farl_edge.export.config import TOLERANCES, export_config
+from farl_edge.export.formats import BuildJob, get_format
+from farl_edge.export.validate import ParityError, ParityReport, compare
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest: dict
+    report: ParityReport
+    seconds: float
+
+
+def default_output(model_name: str, target: str, precision: str, root: Path | None = None) -> Path:
+    return (root or Path("artifacts")) / f"{model_name}-{target}-{precision}"
+
+
+def resolve_model(model, checkpoint=None, pretrained: bool = True, input_size: int | None = None,
+                  trust_torchscript: bool = False):
+    """A registry name / ModelConfig / FaRLModel → (FaRLModel in eval mode, weights description)."""
+    from farl_edge.models import create_model
+    from farl_edge.registry import ModelConfig, weights_path
+
+    if isinstance(model, (str, ModelConfig)):
+        name = model
+        if isinstance(model, str) and model.endswith(".safetensors") and Path(model).is_file():
+            from farl_edge.checkpoint import read_card
+
+            checkpoint, name = model, read_card(model)["model"]
+        net = create_model(name, checkpoint=checkpoint, pretrained=pretrained, trust_torchscript=trust_torchscript)
+        cfg = net.cfg
+        if checkpoint:
+            weights = {"source": "checkpoint", "path": str(checkpoint)}
+        elif pretrained and weights_path(cfg):
+            weights = {"source": "shipped", "file": cfg.weights}
+        else:
+            weights = {"source": "random-init"}
+    else:
+        net, weights = model.eval(), {"source": "module"}
+    if input_size and input_size != net.cfg.input_size:
+        net.backbone.set_image_size(int(input_size))
+        net.cfg = dataclasses.replace(net.cfg, input_size=int(input_size))
+    if weights["source"] in ("shipped", "checkpoint") and Path(weights.get("path", "")).is_file():
+        weights["sha256"] = mf.sha256_file(weights["path"])
+    return net.eval(), weights
+
+
+def export(model, target: str, precision: str = "fp32", *, output: str | Path | None = None,
+           batch: int | None = 1, input_size: int | None = None, checkpoint=None, pretrained: bool = True,
+           calib: str | Path | None = None, calib_size: int = 64, eval_data: str | Path | None = None,
+           eval_size: int = 32, int8_mode: str = "static", int8_op_types=None, max_drop: float | None = None,
+           exporter: str | None = None, inference_precision: str | None = None, tolerance: str | None = None,
+           tolerance_overrides: dict | None = None, keep_failed: bool = False, force: bool = False,
+           recipe: dict | None = None, log: Callable[[str], None] = print) -> ExportResult:
+    """Export one model to one target/precision, validate it, and publish the artifact folder.
+
+    Raises ValueError for bad requests (before anything is written), ParityError when the
+    artifact fails validation (folder removed, or kept and marked failed with ``keep_failed``).
+    """
+    started = time.time()
+    fmt = get_format(target)
+    fmt.check(precision, int8_mode if precision == "int8" else None)
+    if max_drop is not None and not (target == "openvino" and precision == "int8"):
+        raise ValueError("--max-drop applies to openvino int8 (NNCF accuracy control) only")
+    if tolerance is not None and tolerance not in TOLERANCES:
+        raise ValueError(f"unknown tolerance set {tolerance!r}")
+    if calib_size < 1 or eval_size < 1:
+        raise ValueError("--calib-size and --eval-size must be >= 1")
+    net, weights = resolve_model(model, checkpoint, pretrained, input_size)
+    cfg = net.cfg
+    ecfg = export_config(cfg, batch=batch, **({"exporter": exporter} if exporter else {}))
+    dest = Path(output) if output else default_output(cfg.name, target, precision)
+    if dest.exists() and not force:
+        raise ValueError(f"{dest} exists; pass --force to replace it")
+    mf.check_writable(dest)
+    evaluation = evaluation_set(cfg, eval_data, eval_size)
+    calibration = calibration_set(cfg, calib, calib_size) if precision == "int8" and not (
+        target == "onnx" and int8_mode == "dynamic") else None
+    if calibration is not None and calibration.kind == "images" and calib and cfg.preprocess.get("warp") not in (None, "full"):
+        log(f"note: {calib} has no annotations: calibration crops are whole images resized "
+            f"(the model expects {cfg.preprocess.get('warp', 'box')} crops)")
+
+    from farl_edge.models.predictor import TorchPredictor
+    from farl_edge.runtime import load
+
+    with mf.staging_folder(dest) as staging, tempfile.TemporaryDirectory(prefix="farl-export-") as work:
+        job = BuildJob(model=net, cfg=cfg, export_cfg=ecfg, precision=precision, folder=staging, workdir=Path(work),
+                       calibration=calibration, evaluation=evaluation, log=log,
+                       options={"int8_mode": int8_mode, "int8_op_types": int8_op_types, "max_drop": max_drop,
+                                "exporter": exporter, "inference_precision": inference_precision})
+        built = fmt.load_builder()(job)
+        tol_name = tolerance or built.tolerance or precision
+        tol = ecfg.tolerance(tol_name, tolerance_overrides)
+        card = cfg.to_dict()
+        manifest = mf.new_manifest(
+            status="validating", model=card, task=cfg.task, name=cfg.name,
+            **({"labels": cfg.labels} if cfg.labels else {}),
+            **({"num_landmarks": cfg.num_landmarks} if cfg.num_landmarks else {}),
+            input_size=cfg.input_size, mean=cfg.mean, std=cfg.std, preprocess=cfg.preprocess,
+            target=target, precision=precision, backend=fmt.backend, model_file=built.model_file,
+            opset=built.opset, batch=ecfg.batch_dim,
+            inputs=[{"name": ecfg.input_name, "shape": ecfg.input_shape(), "dtype": "float32", "layout": "NCHW",
+                     "color": "RGB", "range": [0.0, 1.0]}],
+            outputs=[{"name": n, "shape": s, "dtype": "float32"}
+                     for n, s in ecfg.output_shapes(cfg.vision.get("output_dim")).items()],
+            weights=weights, runtime={"backend": fmt.backend, "options": built.runtime_options},
+            build={"int8_mode": int8_mode if precision == "int8" else None, **built.info},
+            calibration=calibration.describe() if calibration is not None else None,
+            recipe=recipe,
+        )
+        mf.write_manifest(staging, manifest)
+        log(f"validating against PyTorch on {len(evaluation)} faces ({evaluation.source}), tolerance {tol_name}")
+        session = load(staging, allow_failed=True)
+        manifest["runtime"]["session"] = session._runner.info
+        try:
+            report = compare(TorchPredictor(net), session, evaluation.samples, tol, ecfg.output_names,
+                             raise_on_fail=False)
+        except Exception as e:  # a crash of the artifact is a failed validation too
+            report = ParityReport(faces=len(evaluation), tolerance=tol.to_dict())
+            report.add("names", "run", f"{type(e).__name__}: {e}"[:200], "no error", "==")
+        manifest["validation"] = {"tolerance_set": tol_name, "data": evaluation.describe(), **report.to_dict()}
+        manifest["seconds"] = round(time.time() - started, 1)
+        if report.passed:
+            manifest["status"] = "ok"
+            mf.write_manifest(staging, manifest)
+            mf.publish(staging, dest, overwrite=force)
+            return ExportResult(dest, manifest, report, time.time() - started)
+        manifest["status"] = "failed"
+        manifest["failure"] = "validation failed: " + ", ".join(f"{c.stage}/{c.name}" for c in report.failed)
+        if keep_failed:
+            mf.write_manifest(staging, manifest)
+            mf.publish(staging, dest, overwrite=True)
+        raise ParityError(report, f"{cfg.name} → {target} {precision}")
