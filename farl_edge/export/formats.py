@@ -106,3 +106,29 @@ register_format(Format(
     description="OpenVINO IR (model.xml + model.bin); fp16 = fp16-compressed weights; int8 = NNCF PTQ",
     int8_modes=("static",),
 ))
+# TensorRT / Core ML (issue 6). notes: build_needs / run_needs (hardware, for `farl-edge formats`),
+# build_check ("module:function" → (ok, reason): what besides the modules this machine lacks).
+register_format(Format(
+    target="tensorrt", precisions=("fp32", "fp16", "int8"), builder="farl_edge.export.tensorrt_build:build_tensorrt",
+    backend="tensorrt", extra="tensorrt", requires=("torch", "onnx", "onnxruntime", "tensorrt"),
+    description="TensorRT 10/11 engine (strongly typed): fp16 / int8 Q/DQ applied to the ONNX graph first "
+                "(ModelOpt where installed, else ONNX Runtime tools); engine + source ONNX + build log + timing cache",
+    notes={"build_needs": "NVIDIA GPU", "run_needs": "NVIDIA GPU (same TensorRT version and GPU)",
+           "build_check": "farl_edge.export.tensorrt_build:can_build_here"},
+))
+register_format(Format(
+    target="tensorrt-rtx", precisions=("fp32", "fp16", "int8"),
+    builder="farl_edge.export.tensorrt_build:build_tensorrt_rtx", backend="tensorrt", extra="tensorrt-rtx",
+    requires=("torch", "onnx", "onnxruntime", "tensorrt_rtx_bindings"),
+    description="TensorRT for RTX engine, built ahead of time for chosen compute capabilities (also on a CPU-only "
+                "machine); same graph preparation as tensorrt",
+    notes={"build_needs": "CPU (ahead of time)", "run_needs": "NVIDIA GPU (RTX / compute capability built for)",
+           "build_check": "farl_edge.export.tensorrt_build:can_build_rtx_here"},
+))
+register_format(Format(
+    target="coreml", precisions=("fp32", "fp16", "int8"), builder="farl_edge.export.coreml_export:build",
+    backend="coreml", extra="export", requires=("torch", "coremltools"),
+    description="Core ML ML program (.mlpackage), image input; int8 = 8-bit weights (+ 8-bit activations, W8A8, "
+                "where calibration can run); checked structurally on Linux, predicted on macOS",
+    notes={"build_needs": "CPU (any OS; W8A8 calibration on macOS)", "run_needs": "macOS / iOS (Core ML)"},
+))

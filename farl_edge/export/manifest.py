@@ -34,22 +34,22 @@ def library_versions() -> dict[str, str]:
 
 
 def check_writable(dest: Path) -> None:
-    """ValueError (one line) when ``dest`` cannot be created by renaming a sibling into place."""
-    parent = dest.parent
-    probe = parent
-    while not probe.exists():
+    """ValueError (one line) when ``dest`` cannot be created; creates nothing itself."""
+    probe = dest.parent
+    while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
         raise ValueError(f"cannot write {dest}: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write {dest}: {probe} is not writable")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{dest.name}.probe-")
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".farl-edge-probe-")
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
         raise ValueError(f"cannot write {dest}: {e.strerror or e}") from None
+    if dest.exists() and not dest.is_dir():
+        raise ValueError(f"cannot write {dest}: a file of that name exists")
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from farl_edge.export.calibration import calibration_set, evaluation_set
 from farl_edge.export.config import TOLERANCES, export_config
 from farl_edge.export.formats import BuildJob, get_format
 from farl_edge.export.validate import ParityError, ParityReport, compare
+from farl_edge.registry import ModelConfig, weights_path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +39,6 @@ def resolve_model(model, checkpoint=None, pretrained: bool = True, input_size: i
                   trust_torchscript: bool = False):
     """A registry name / ModelConfig / FaRLModel → (FaRLModel in eval mode, weights description)."""
     from farl_edge.models import create_model
-    from farl_edge.registry import ModelConfig, weights_path
 
     if isinstance(model, (str, ModelConfig)):
         name = model
@@ -59,8 +59,9 @@ def resolve_model(model, checkpoint=None, pretrained: bool = True, input_size: i
     if input_size and input_size != net.cfg.input_size:
         net.backbone.set_image_size(int(input_size))
         net.cfg = dataclasses.replace(net.cfg, input_size=int(input_size))
-    if weights["source"] in ("shipped", "checkpoint") and Path(weights.get("path", "")).is_file():
-        weights["sha256"] = mf.sha256_file(weights["path"])
+    file = weights.get("path") or (weights_path(net.cfg) if weights["source"] == "shipped" else None)
+    if file and Path(file).is_file():
+        weights["sha256"] = mf.sha256_file(file)
     return net.eval(), weights
 
 
@@ -129,9 +130,9 @@ def export(model, target: str, precision: str = "fp32", *, output: str | Path | 
         )
         mf.write_manifest(staging, manifest)
         log(f"validating against PyTorch on {len(evaluation)} faces ({evaluation.source}), tolerance {tol_name}")
-        session = load(staging, allow_failed=True)
-        manifest["runtime"]["session"] = session._runner.info
         try:
+            session = load(staging, allow_failed=True)
+            manifest["runtime"]["session"] = session._runner.info
             report = compare(TorchPredictor(net), session, evaluation.samples, tol, ecfg.output_names,
                              raise_on_fail=False)
         except Exception as e:  # a crash of the artifact is a failed validation too

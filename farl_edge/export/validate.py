@@ -213,3 +213,33 @@ def _task_parsing(report, cfg, samples, ref_preds, cand_preds, tol: Tolerance) -
     delta = metrics["artifact"]["f1_mean"] - metrics["reference"]["f1_mean"]
     report.add("task", "|Δf1_mean|", abs(delta), tol.f1_delta, "<=",
                f"{metrics['reference']['f1_mean']:.3f} → {metrics['artifact']['f1_mean']:.3f}")
+
+
+def validate_artifact(path, model=None, *, eval_data=None, eval_size: int = 32, tolerance: str | None = None,
+                      tolerance_overrides: dict | None = None, raise_on_fail: bool = True) -> ParityReport:
+    """Re-run the parity validation of an existing artifact folder against its PyTorch model.
+
+    ``model``: the PyTorch FaRLModel; default: rebuilt from the manifest (shipped weights or the
+    recorded checkpoint; a random-init export cannot be rebuilt and needs ``model``).
+    """
+    from farl_edge.export.calibration import evaluation_set
+    from farl_edge.export.config import export_config
+    from farl_edge.models.predictor import TorchPredictor
+    from farl_edge.registry import ModelConfig
+    from farl_edge.runtime import load, read_manifest
+
+    manifest = read_manifest(path)
+    cfg = ModelConfig.from_dict(manifest["model"])
+    if model is None:
+        from farl_edge.export.pipeline import resolve_model
+
+        weights = manifest.get("weights", {})
+        if weights.get("source") not in ("shipped", "checkpoint"):
+            raise ValueError(f"{path}: exported from {weights.get('source', 'unknown')} weights; pass model=")
+        model, _ = resolve_model(cfg.name, checkpoint=weights.get("path"), input_size=cfg.input_size)
+    session = load(path, allow_failed=True)
+    ecfg = export_config(cfg, batch=session.batch)
+    tol_name = tolerance or manifest.get("validation", {}).get("tolerance_set") or manifest["precision"]
+    faces = evaluation_set(cfg, eval_data, eval_size)
+    return compare(TorchPredictor(model), session, faces.samples, ecfg.tolerance(tol_name, tolerance_overrides),
+                   ecfg.output_names, raise_on_fail=raise_on_fail)

@@ -22,10 +22,12 @@ From BlazeFace to FaRL's conventions (fitted by ``convert_blazeface.py --calibra
 - **5 points** (eye centres, nose tip, mouth corners): BlazeFace has no mouth corners. Each FaRL
   point is a BlazeFace keypoint (eyes → eye centres, nose → nose tip, mouth centre → both
   corners) plus an offset ``a·u + b·n`` in the face's own frame, where ``u`` is the vector from the
-  image-left eye to the image-right eye and ``n`` is ``u`` turned 90° towards the chin. The mouth
-  corners come out near ``mouth centre ± 0.3·u``: an approximation that holds for neutral
-  mouths and degrades with wide smiles or strong yaw (the corners of a smiling mouth are further
-  apart than 0.6 eye distances).
+  image-left eye to the image-right eye and ``n`` is ``u`` turned 90° towards the chin. The fitted
+  mouth corners are ``mouth centre − 0.41·u`` and ``+ 0.45·u`` (slightly above it): the median
+  mouth of 300-W's training faces. An approximation: it holds for neutral mouths and degrades
+  with wide smiles, open mouths and strong yaw. Measured on the 330 test-helen faces: mean 5-point
+  error 0.096 eye distances (eyes 0.06, nose tip 0.085, mouth corners 0.14); the calibrated box
+  overlaps the 68-landmark box with IoU 0.87 (the raw detector box: 0.82).
 - **alignment crop box**: alignment models were trained on crops around the box of their
   annotated landmarks. The detector's box is mapped to the equivalent landmark box by a fitted
   shift and scale (``box_from_detector``: centre + (gx, gy)·s, size (kw, kh)·s with

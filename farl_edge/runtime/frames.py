@@ -18,6 +18,7 @@ strings — raises :class:`FrameError` (a ``ValueError``) that says what was pas
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 __all__ = ["FrameError", "COLORS", "to_rgb_u8", "check_color"]
@@ -67,15 +68,14 @@ def to_rgb_u8(frame, color: str = "bgr") -> np.ndarray | None:
     if frame.ndim == 3 and frame.shape[2] == 1:
         frame = frame[:, :, 0]
     if frame.ndim == 2:
-        g = _to_u8(frame)
-        return np.ascontiguousarray(np.repeat(g[:, :, None], 3, axis=2))
+        return cv2.cvtColor(np.ascontiguousarray(_to_u8(frame)), cv2.COLOR_GRAY2RGB)
     if frame.ndim != 3:
         raise FrameError(f"frame must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {frame.shape}")
     c = frame.shape[2]
     if c not in (3, 4):
         raise FrameError(f"frame has {c} channels; expected 1 (gray), 3 ({color.upper()}) or 4 "
                          f"({color.upper()}A); shape {frame.shape}")
-    u8 = _to_u8(frame[:, :, :3])
-    if color == "bgr":
-        u8 = u8[:, :, ::-1]
-    return np.ascontiguousarray(u8)
+    u8 = np.ascontiguousarray(_to_u8(frame))
+    if c == 4:
+        return cv2.cvtColor(u8, cv2.COLOR_BGRA2RGB if color == "bgr" else cv2.COLOR_RGBA2RGB)
+    return cv2.cvtColor(u8, cv2.COLOR_BGR2RGB) if color == "bgr" else u8

@@ -30,6 +30,8 @@ DEFAULTS = {
     "betas": [0.9, 0.999], "ema": 0.999, "warmup_steps": 100, "bf16": True, "workers": 0, "seed": 0,
     "augment": {}, "eval_limit": None, "eval_every": 1, "threads": None, "max_steps": None,
     "heatmap_sigma": 1.5, "heatmap_weight": 1.0, "init": None, "freeze_backbone": False,
+    # Distillation: {"model": name, "checkpoint": path|null, "kd_weight": 1.0, "temperature": 1.0}
+    "teacher": None, "init_backbone_from_teacher": True,
 }
 
 
@@ -52,13 +54,44 @@ def param_groups(model, cfg: dict) -> list[dict]:
     return groups
 
 
-def task_loss(model, x, target, cfg: dict):
-    logits = model(x)
-    if model_cfg(model).task == "parsing":
+def task_loss(model, x, target, cfg: dict, teacher=None, shared_features: bool = False):
+    """Task loss (+ distillation when a teacher is given).
+
+    ``shared_features``: the student's frozen backbone is the teacher's, so the backbone runs once
+    and ``model`` maps features to head logits.
+    """
+    teacher_logits = None
+    if shared_features:
+        with torch.no_grad():
+            feats = teacher.features(x)
+            teacher_logits = teacher.head(feats)
+        logits = model(feats)
+    else:
+        logits = model(x)
+    task = model_cfg(model).task
+    if task == "parsing":
         loss = losses.parsing_loss(logits, target)
-        return loss, {"loss": loss.item()}
-    loss, l1 = losses.alignment_loss(logits, target, x.shape[-1], cfg["heatmap_sigma"], cfg["heatmap_weight"])
-    return loss, {"loss": loss.item(), "l1": l1.item()}
+        stats = {"task": loss.item()}
+    else:
+        loss, l1 = losses.alignment_loss(logits, target, x.shape[-1], cfg["heatmap_sigma"], cfg["heatmap_weight"])
+        stats = {"task": loss.item(), "l1": l1.item()}
+    if teacher is not None:
+        if teacher_logits is None:
+            with torch.no_grad():
+                teacher_logits = teacher.head_logits(x)
+        kd = losses.distillation_loss(logits, teacher_logits, task, cfg["teacher"].get("temperature", 1.0))
+        loss = loss + cfg["teacher"].get("kd_weight", 1.0) * kd
+        stats["kd"] = kd.item()
+    stats["loss"] = loss.item()
+    return loss, stats
+
+
+def build_teacher(cfg: dict, device: torch.device):
+    """The full-head model an edge head learns from (frozen, eval mode)."""
+    spec = cfg["teacher"]
+    teacher = create_model(spec["model"], checkpoint=spec.get("checkpoint")).to(device).eval()
+    teacher.requires_grad_(False)
+    return teacher
 
 
 def model_cfg(model):
@@ -66,15 +99,16 @@ def model_cfg(model):
 
 
 class HeadLogits(torch.nn.Module):
-    """Forward = raw head output, so DDP wraps the call the losses need."""
+    """Forward = raw head output (from images, or from backbone features), so DDP wraps the call the losses need."""
 
-    def __init__(self, model):
+    def __init__(self, model, from_features: bool = False):
         super().__init__()
         self.model = model
         self.cfg = model.cfg
+        self.from_features = from_features
 
     def forward(self, x):
-        return self.model.head_logits(x)
+        return self.model.head(x) if self.from_features else self.model.head_logits(x)
 
 
 def run(cfg: dict) -> dict:
@@ -84,8 +118,12 @@ def run(cfg: dict) -> dict:
     torch.manual_seed(cfg["seed"])
     out = Path(cfg["output"])
     model = create_model(cfg["model"], checkpoint=cfg["init"], pretrained=False).to(info.device)
+    teacher = build_teacher(cfg, info.device) if cfg["teacher"] else None
+    if teacher is not None and cfg["init_backbone_from_teacher"] and not cfg["init"]:
+        model.backbone.load_state_dict(teacher.backbone.state_dict())
     if cfg["freeze_backbone"]:
         model.backbone.requires_grad_(False)
+    shared = teacher is not None and cfg["freeze_backbone"] and cfg["init_backbone_from_teacher"] and not cfg["init"]
     mcfg = model.cfg
     train_set = _task_dataset(cfg["train_data"], mcfg, cfg["augment"], cfg["seed"])
     sampler = DistributedSampler(train_set, info.world_size, info.rank, shuffle=True, seed=cfg["seed"])
@@ -93,7 +131,7 @@ def run(cfg: dict) -> dict:
                         drop_last=True, persistent_workers=cfg["workers"] > 0)
     steps_per_epoch = len(loader)
     total = cfg["max_steps"] or cfg["epochs"] * steps_per_epoch
-    net = HeadLogits(model)
+    net = HeadLogits(model, from_features=shared)
     ddp = DistributedDataParallel(net) if info.world_size > 1 else net
     optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
     scheduler = warmup_cosine(optimizer, cfg["warmup_steps"], total)
@@ -122,7 +160,7 @@ def run(cfg: dict) -> dict:
                 continue
             x, target = x.to(info.device), target.to(info.device)
             with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg["bf16"]):
-                loss, stats = task_loss(ddp, x, target, cfg)
+                loss, stats = task_loss(ddp, x, target, cfg, teacher, shared)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -31,3 +31,23 @@ def alignment_loss(heatmap_logits: torch.Tensor, points: torch.Tensor, size: int
     target = gaussian_heatmaps(points, size, logits.shape[-1], sigma)
     bce = F.binary_cross_entropy_with_logits(logits, target)
     return l1 + heatmap_weight * bce, l1
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, task: str, temperature: float = 1.0) -> torch.Tensor:
+    """Match the teacher's head output, resized to the student's resolution.
+
+    Parsing: KL between softened class distributions (× T², Hinton et al.).
+    Alignment: heatmap BCE against the teacher's probabilities + L1 between decoded coordinates.
+    """
+    student, teacher = student.float(), teacher.float()
+    if teacher.shape[-2:] != student.shape[-2:]:
+        teacher = F.interpolate(teacher, size=student.shape[-2:], mode="bilinear", align_corners=False)
+    if task == "parsing":
+        t = temperature
+        return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True,
+                        reduction="none").sum(dim=1).mean() * t * t
+    target = teacher.sigmoid()
+    coords = (soft_argmax(student.sigmoid()) - soft_argmax(target)).abs().mean()
+    # Binary KL = BCE minus the target's own entropy, so a perfect match scores 0.
+    entropy = F.binary_cross_entropy_with_logits(teacher, target)
+    return F.binary_cross_entropy_with_logits(student, target) - entropy + coords

@@ -193,7 +193,6 @@ def calibrate(onnx_path: Path, meta: dict, folder: Path, limit: int | None) -> d
     """Fit the detector → FaRL conventions on annotated faces (see runtime.detector)."""
     import cv2
 
-    from farl_edge import geometry
     from farl_edge.datasets.ibug300w import read_pts
     from farl_edge.runtime.detector import FaceDetector, fit_calibration
 
@@ -230,8 +229,6 @@ def main(argv=None) -> int:
     ap.add_argument("--calibrate-limit", type=int, default=None)
     ap.add_argument("--output", type=Path, default=OUT_DIR)
     args = ap.parse_args(argv)
-
-    import torch
 
     from farl_edge.models.blazeface import BlazeFace, BlazeFaceDetector
 

@@ -13,6 +13,8 @@ from types import ModuleType
 BACKENDS: dict[str, str] = {
     "onnxruntime": "farl_edge.runtime.backends.onnxruntime_backend",
     "openvino": "farl_edge.runtime.backends.openvino_backend",
+    "tensorrt": "farl_edge.runtime.backends.tensorrt_backend",
+    "coreml": "farl_edge.runtime.backends.coreml_backend",
 }
 
 

@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import hashlib
 import importlib
+import io
 import importlib.util
 import json
 import struct
@@ -56,7 +57,7 @@ def write_engine(path: str | Path, engine: bytes, header: dict) -> dict:
     header = {"container": CONTAINER_VERSION, **header, "engine_bytes": len(engine),
               "engine_sha256": hashlib.sha256(engine).hexdigest()}
     blob = json.dumps(header, sort_keys=True).encode()
-    with open(path, "wb") as f:
+    with io.open(path, "wb") as f:  # the module defines open() (backend protocol)
         f.write(MAGIC)
         f.write(_LEN.pack(len(blob)))
         f.write(blob)
@@ -79,7 +80,7 @@ def _read(path, with_engine: bool, verify: bool = True) -> tuple[dict, bytes | N
     path = Path(path)
     if not path.is_file():
         raise EngineError(f"engine file {path} does not exist")
-    with open(path, "rb") as f:
+    with io.open(path, "rb") as f:
         magic = f.read(len(MAGIC))
         if magic != MAGIC:
             raise EngineError(f"{path} is not a farl-edge TensorRT engine (bad magic {magic[:8]!r}); "
@@ -361,6 +362,14 @@ class TensorRTRunner:
         return ptr
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        profile = self.header.get("batch")
+        top = profile.get("max") if isinstance(profile, dict) else None
+        if top and len(batch) > top:  # beyond the optimisation profile: run in chunks of its maximum
+            parts = [self._run(batch[i:i + top]) for i in range(0, len(batch), top)]
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return self._run(batch)
+
+    def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         self.cuda.push()
         name = self.inputs[0]
         x = np.ascontiguousarray(batch, dtype=self.dtypes[name])

@@ -1,0 +1,169 @@
+"""``farl-edge export`` (and ``farl-edge formats``): registered by farl_edge.cli.
+
+Exit status: 0 exported and validated; 1 validation failed (table on stderr); 2 user error.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from farl_edge.export.formats import FORMATS
+
+RECIPE_DIR = Path(__file__).resolve().parents[2] / "export"
+RECIPE_KEYS = {"description", "target", "precision", "calib", "calib_size", "input_size", "batch", "max_drop",
+               "int8_mode", "int8_op_types", "eval_data", "eval_size", "exporter", "inference_precision",
+               "tolerance", "tolerance_overrides", "keep_failed", "notes"}
+DEFAULTS = {"precision": "fp32", "calib_size": 64, "batch": "1", "int8_mode": "static", "eval_size": 32}
+
+
+def load_recipe(name: str) -> dict:
+    """``export/intel-cpu-int8`` / ``intel-cpu-int8`` / a path to a .json file → recipe dict."""
+    from farl_edge.cli import UserError
+
+    candidates = [Path(name), Path(name + ".json")]
+    stem = Path(name).name.removesuffix(".json")
+    candidates += [RECIPE_DIR / f"{stem}.json"]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        known = ", ".join(f"export/{p.stem}" for p in sorted(RECIPE_DIR.glob("*.json")))
+        raise UserError(f"no recipe {name!r}; known recipes: {known or 'none'}")
+    try:
+        recipe = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"recipe {path} is not valid JSON: {e}") from None
+    unknown = set(recipe) - RECIPE_KEYS
+    if unknown:
+        raise UserError(f"recipe {path} has unknown keys {sorted(unknown)}; known: {sorted(RECIPE_KEYS)}")
+    if "target" not in recipe:
+        raise UserError(f"recipe {path} does not name a target")
+    return {"name": f"export/{path.stem}", **recipe}
+
+
+def _batch(value) -> int | None:
+    from farl_edge.cli import UserError
+
+    if value is None or str(value) == "dynamic":
+        return None
+    try:
+        b = int(value)
+    except ValueError:
+        raise UserError(f"--batch must be a positive integer or 'dynamic', not {value!r}") from None
+    if b < 1:
+        raise UserError(f"--batch must be a positive integer or 'dynamic', not {value!r}")
+    return b
+
+
+def cmd_export(args) -> int:
+    from farl_edge.cli import UserError
+    from farl_edge.registry import UnknownModelError
+
+    recipe = load_recipe(args.recipe) if args.recipe else {}
+    settings = {**DEFAULTS, **{k: v for k, v in recipe.items() if k not in ("name", "description", "notes")}}
+    for key in ("target", "precision", "calib", "calib_size", "input_size", "batch", "max_drop", "int8_mode",
+                "eval_data", "eval_size", "exporter", "inference_precision", "tolerance"):
+        value = getattr(args, key)
+        if value is not None:
+            settings[key] = value
+    if args.keep_failed:
+        settings["keep_failed"] = True
+    if args.int8_ops:
+        settings["int8_op_types"] = [s.strip() for s in args.int8_ops.split(",") if s.strip()]
+    if not settings.get("target"):
+        raise UserError("pass --target (" + "|".join(FORMATS) + ") or --recipe")
+    if settings["target"] not in FORMATS:
+        raise UserError(f"unknown target {settings['target']!r}; known: {', '.join(FORMATS)}")
+    if settings.get("calib") and not Path(settings["calib"]).is_dir():
+        raise UserError(f"calibration folder {settings['calib']} does not exist" if not Path(settings["calib"]).exists()
+                        else f"calibration data {settings['calib']} is not a folder")
+    from farl_edge.export.pipeline import export
+    from farl_edge.export.validate import ParityError
+
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(f"[export] {msg}", file=sys.stderr))
+    try:
+        result = export(
+            args.model, settings["target"], settings["precision"], output=args.output,
+            batch=_batch(settings.get("batch")), input_size=settings.get("input_size"), checkpoint=args.checkpoint,
+            pretrained=not args.random_init, calib=settings.get("calib"), calib_size=int(settings["calib_size"]),
+            eval_data=settings.get("eval_data"), eval_size=int(settings["eval_size"]),
+            int8_mode=settings["int8_mode"], int8_op_types=settings.get("int8_op_types"),
+            max_drop=settings.get("max_drop"), exporter=settings.get("exporter"),
+            inference_precision=settings.get("inference_precision"), tolerance=settings.get("tolerance"),
+            tolerance_overrides=settings.get("tolerance_overrides"), keep_failed=bool(settings.get("keep_failed")),
+            force=args.force, recipe=recipe or None, log=log)
+    except UnknownModelError as e:
+        raise UserError(str(e)) from None
+    except ParityError as e:
+        print(f"farl-edge export: error: {e}", file=sys.stderr)
+        where = "kept, marked failed" if settings.get("keep_failed") else "removed"
+        print(f"farl-edge export: the artifact was {where}", file=sys.stderr)
+        return 1
+    print(result.report.table())
+    print(f"exported {result.path} ({result.manifest['target']} {result.manifest['precision']}, "
+          f"{result.seconds:.0f} s)")
+    if args.json:
+        from farl_edge.cli import _write_json_atomic
+
+        _write_json_atomic(Path(args.json), {"path": str(result.path), "manifest": result.manifest})
+    return 0
+
+
+def cmd_formats(args) -> int:
+    from farl_edge.runtime.backends import available_backends
+
+    backends = available_backends()
+    rows = [("target", "precisions", "build needs", "run needs", "backend", "extra", "build here", "run here")]
+    for f in FORMATS.values():
+        missing = f.missing()
+        if not missing and f.notes.get("build_check"):  # hardware besides the modules (e.g. a GPU)
+            module, _, func = f.notes["build_check"].partition(":")
+            can, reason = getattr(__import__("importlib").import_module(module), func)()
+            missing = [] if can else [reason]
+        ok, why = backends.get(f.backend, (False, "no backend"))
+        rows.append((f.target, ",".join(f.precisions), f.notes.get("build_needs", "CPU"),
+                     f.notes.get("run_needs", "CPU"), f.backend, f"farl-edge[{f.extra}]",
+                     "yes" if not missing else "no (" + ",".join(missing) + ")", "yes" if ok else f"no ({why})"))
+    if args.json:
+        print(json.dumps([dict(zip(rows[0], r)) for r in rows[1:]], indent=2))
+        return 0
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("export", help="export a model to an edge format, validated against PyTorch",
+                              description="Export, then validate the artifact beside the PyTorch model on real faces "
+                                          "(exit 1 with a table when it does not match).")
+    p.add_argument("--model", required=True, help="registry name or .safetensors checkpoint")
+    p.add_argument("--checkpoint", help="weights for a registry name (default: the shipped weights)")
+    p.add_argument("--random-init", action="store_true", help="no weights (testing the toolchain only)")
+    p.add_argument("--recipe", help="settings from a recipe file, e.g. export/intel-cpu-int8 (flags override it)")
+    p.add_argument("--target", help="|".join(FORMATS))
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="default fp32")
+    p.add_argument("--calib", help="calibration faces: an annotated data set or a folder of face images "
+                                   "(default: ../shared/data train split)")
+    p.add_argument("--calib-size", type=int, help="calibration faces (default 64)")
+    p.add_argument("--int8-mode", choices=["static", "dynamic"], help="onnx int8: static QDQ (default) or dynamic")
+    p.add_argument("--int8-ops", help="op types to quantise, comma-separated (default MatMul,Conv,ConvTranspose)")
+    p.add_argument("--max-drop", type=float, help="openvino int8: accuracy-controlled PTQ, max metric drop "
+                                                  "(NME_io or F1 points)")
+    p.add_argument("--input-size", type=int, help="input size (position embeddings resized once)")
+    p.add_argument("--batch", help="fixed batch N (default 1) or 'dynamic'")
+    p.add_argument("--eval-data", help="annotated faces for validation (default ../shared/data test split)")
+    p.add_argument("--eval-size", type=int, help="faces used in validation (default 32)")
+    p.add_argument("--exporter", choices=["dynamo", "torchscript"], help="torch.onnx exporter (default dynamo)")
+    p.add_argument("--inference-precision", choices=["f32", "bf16", "f16", "default"],
+                   help="openvino: precision the artifact is validated and run with (default f32 for fp32)")
+    p.add_argument("--tolerance", choices=["fp32", "fp16", "bf16", "int8"], help="tolerance set (default: precision)")
+    p.add_argument("--output", help="artifact folder (default artifacts/<model>-<target>-<precision>)")
+    p.add_argument("--force", action="store_true", help="replace an existing artifact folder")
+    p.add_argument("--keep-failed", action="store_true", help="keep an artifact that fails validation (marked failed)")
+    p.add_argument("--json", help="write the manifest of the result here")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_export)
+
+    p = subparsers.add_parser("formats", help="list export targets, precisions and what is installed")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_formats)

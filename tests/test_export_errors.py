@@ -1,0 +1,119 @@
+"""Bad requests: one clear line on stderr, exit status 2, and no artifact (or staging folder) left."""
+from __future__ import annotations
+
+import pytest
+
+from export_fixtures import ALIGN, eval_dir, leftovers
+from farl_edge.cli import main
+
+
+def _fails(capsys, argv, *needles):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("farl-edge export: error:"), err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_unknown_model(tmp_path, capsys):
+    _fails(capsys, ["export", "--model", "no-such-model", "--target", "onnx", "--output", str(tmp_path / "a")],
+           "unknown model 'no-such-model'")
+    assert leftovers(tmp_path) == []
+
+
+def test_unknown_target_and_precision(tmp_path, capsys):
+    _fails(capsys, ["export", "--model", ALIGN, "--target", "tflite", "--output", str(tmp_path / "a")],
+           "unknown target 'tflite'")
+    _fails(capsys, ["export", "--model", ALIGN, "--target", "openvino", "--precision", "int8", "--int8-mode",
+                    "dynamic", "--output", str(tmp_path / "a")], "int8-mode")
+    assert leftovers(tmp_path) == []
+
+
+def test_missing_calibration_folder(tmp_path, capsys):
+    _fails(capsys, ["export", "--model", ALIGN, "--target", "onnx", "--precision", "int8", "--calib",
+                    str(tmp_path / "nope"), "--output", str(tmp_path / "a")], "does not exist")
+    assert leftovers(tmp_path) == []
+
+
+def test_calibration_folder_without_images(tmp_path, capsys):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    (calib / "notes.txt").write_text("no faces here")
+    _fails(capsys, ["export", "--model", ALIGN, "--target", "onnx", "--precision", "int8", "--calib", str(calib),
+                    "--eval-data", str(eval_dir(ALIGN)), "--output", str(tmp_path / "a")], "holds no images")
+    assert leftovers(tmp_path) == ["calib"]
+
+
+def test_unwritable_output(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    _fails(capsys, ["export", "--model", ALIGN, "--target", "onnx", "--output", str(blocker / "out")],
+           "cannot write", "is not a folder")
+    assert leftovers(tmp_path) == ["file"]
+
+
+@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root ignores folder permissions")
+def test_read_only_output_folder(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        _fails(capsys, ["export", "--model", ALIGN, "--target", "onnx", "--output", str(ro / "out")],
+               "not writable")
+    finally:
+        ro.chmod(0o755)
+    assert leftovers(ro) == []
+
+
+def test_existing_output_needs_force(tmp_path, capsys):
+    out = tmp_path / "a"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    _fails(capsys, ["export", "--model", ALIGN, "--target", "onnx", "--output", str(out)], "--force")
+    assert leftovers(out) == ["keep.txt"]
+
+
+def test_bad_batch_and_recipe(tmp_path, capsys):
+    _fails(capsys, ["export", "--model", ALIGN, "--target", "onnx", "--batch", "zero", "--output",
+                    str(tmp_path / "a")], "--batch")
+    _fails(capsys, ["export", "--model", ALIGN, "--recipe", "export/no-such-recipe"], "no recipe", "known recipes")
+    _fails(capsys, ["export", "--model", ALIGN, "--target", "onnx", "--max-drop", "0.5", "--output",
+                    str(tmp_path / "a")], "max-drop")
+    assert leftovers(tmp_path) == []
+
+
+def interrupted_builder(job):
+    (job.folder / "model.onnx").write_bytes(b"half a model")
+    raise KeyboardInterrupt
+
+
+def test_builder_crash_leaves_nothing(tmp_path, monkeypatch):
+    """An exporter that dies half way (or an interrupt) leaves no folder that looks finished."""
+    import dataclasses
+
+    from farl_edge.export import formats, onnx_export
+    from farl_edge.export.pipeline import export
+
+    fmt = dataclasses.replace(formats.FORMATS["onnx"], builder=f"{__name__}:interrupted_builder")
+    monkeypatch.setitem(formats.FORMATS, "onnx", fmt)
+
+    with pytest.raises(KeyboardInterrupt):
+        export(ALIGN, "onnx", "fp32", output=tmp_path / "a", eval_data=eval_dir(ALIGN), eval_size=2,
+               pretrained=False, log=lambda m: None)
+    assert leftovers(tmp_path) == []
+    assert onnx_export  # imported: the real builder stays registered
+
+
+def test_every_recipe_is_valid_and_implemented():
+    from farl_edge.export.cli import RECIPE_DIR, load_recipe
+    from farl_edge.export.formats import FORMATS
+
+    recipes = sorted(RECIPE_DIR.glob("*.json"))
+    assert len(recipes) >= 4
+    for path in recipes:
+        r = load_recipe(f"export/{path.stem}")
+        fmt = FORMATS[r["target"]]
+        assert r.get("precision", "fp32") in fmt.precisions, path
+        assert r.get("description"), path

@@ -1,0 +1,76 @@
+"""OpenVINO target: fp32 / fp16 / int8 exports pass validation; the IR of an int8 export holds
+FakeQuantize / FakeConvert nodes; the manifest records the inference precision."""
+from __future__ import annotations
+
+import pytest
+
+from export_fixtures import ALIGN, PARSE, assert_artifact_ok, export_args, reuse_torch_export, run_export  # noqa: F401
+from farl_edge.cli import main
+
+pytestmark = pytest.mark.usefixtures("reuse_torch_export")
+
+ov = pytest.importorskip("openvino")
+
+
+def _ir_ops(path):
+    model = ov.Core().read_model(str(path / "model.xml"))
+    return [op.get_type_name() for op in model.get_ops()], model
+
+
+def test_openvino_fp32_alignment(tmp_path):
+    out = tmp_path / "ov-fp32"
+    assert main(export_args(ALIGN, "openvino", "fp32", out)) == 0
+    m = assert_artifact_ok(out, "openvino", "fp32")
+    assert set(m["files"]) == {"model.xml", "model.bin"}
+    assert m["backend"] == "openvino" and m["runtime"]["options"]["inference_precision"] == "f32"
+    assert m["build"]["device_default_inference_precision"] in ("f32", "bf16", "f16")
+    assert m["runtime"]["session"]["inference_precision_used"] == "f32"
+    assert m["validation"]["tolerance_set"] == "fp32"
+    ops, model = _ir_ops(out)
+    assert "FakeQuantize" not in ops
+    assert [o.get_any_name() for o in model.outputs] == ["landmarks", "heatmaps"]
+
+
+def test_openvino_fp16_parsing(tmp_path):
+    out = tmp_path / "ov-fp16"
+    assert main(export_args(PARSE, "openvino", "fp16", out)) == 0
+    m = assert_artifact_ok(out, "openvino", "fp16")
+    _, model = _ir_ops(out)
+    const_types = {str(op.get_output_element_type(0)) for op in model.get_ops() if op.get_type_name() == "Constant"}
+    assert any("f16" in t or "float16" in t for t in const_types), const_types
+    assert m["files"]["model.bin"]["bytes"] < 12_000_000  # ~18 MB of fp32 weights, halved
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [ALIGN, PARSE])
+def test_openvino_int8_has_fake_quantize(tmp_path, name):
+    out = tmp_path / "ov-int8"
+    run_export(name, "openvino", "int8", out)
+    m = assert_artifact_ok(out, "openvino", "int8")
+    ops, _ = _ir_ops(out)
+    assert ops.count("FakeQuantize") + ops.count("FakeConvert") >= 20
+    q = m["build"]["quantization"]
+    assert q["tool"] == "nncf" and q["model_type"] == "TRANSFORMER"
+    assert m["calibration"]["count"] == 16
+    assert m["build"]["inference_precision"] in ("f32", "bf16", "f16")
+
+
+@pytest.mark.slow
+def test_recipe_intel_cpu_bf16(tmp_path):
+    """The bf16 recipe: fp32 IR, run (and validated) with the bf16 inference-precision hint."""
+    out = tmp_path / "ov-bf16"
+    assert main(export_args(ALIGN, "openvino", "fp32", out, "--recipe", "export/intel-cpu-bf16")) == 0
+    m = assert_artifact_ok(out, "openvino", "fp32")
+    assert m["runtime"]["options"]["inference_precision"] == "bf16"
+    assert m["validation"]["tolerance_set"] == "bf16"
+    assert m["recipe"]["name"] == "export/intel-cpu-bf16"
+
+
+@pytest.mark.slow
+def test_openvino_int8_accuracy_control(tmp_path):
+    """--max-drop: nncf.quantize_with_accuracy_control with the task metric (NME_io here)."""
+    out = tmp_path / "ov-int8-ac"
+    run_export(ALIGN, "openvino", "int8", out, max_drop=0.5)
+    m = assert_artifact_ok(out, "openvino", "int8")
+    ac = m["build"]["quantization"]["accuracy_control"]
+    assert ac == {"metric": "nme_io", "max_drop": 0.5, "faces": 16}
