@@ -108,7 +108,9 @@ def export(model, target: str, precision: str = "fp32", *, output: str | Path | 
                        calibration=calibration, evaluation=evaluation, log=log,
                        options={"int8_mode": int8_mode, "int8_op_types": int8_op_types, "max_drop": max_drop,
                                 "exporter": exporter, "inference_precision": inference_precision})
+        t0 = time.time()
         built = fmt.load_builder()(job)
+        timings = {"build_s": round(time.time() - t0, 1)}
         tol_name = tolerance or built.tolerance or precision
         tol = ecfg.tolerance(tol_name, tolerance_overrides)
         card = cfg.to_dict()
@@ -130,6 +132,7 @@ def export(model, target: str, precision: str = "fp32", *, output: str | Path | 
         )
         mf.write_manifest(staging, manifest)
         log(f"validating against PyTorch on {len(evaluation)} faces ({evaluation.source}), tolerance {tol_name}")
+        t0 = time.time()
         try:
             session = load(staging, allow_failed=True)
             manifest["runtime"]["session"] = session._runner.info
@@ -139,7 +142,8 @@ def export(model, target: str, precision: str = "fp32", *, output: str | Path | 
             report = ParityReport(faces=len(evaluation), tolerance=tol.to_dict())
             report.add("names", "run", f"{type(e).__name__}: {e}"[:200], "no error", "==")
         manifest["validation"] = {"tolerance_set": tol_name, "data": evaluation.describe(), **report.to_dict()}
-        manifest["seconds"] = round(time.time() - started, 1)
+        timings.update(validate_s=round(time.time() - t0, 1), total_s=round(time.time() - started, 1))
+        manifest["timings"] = timings
         if report.passed:
             manifest["status"] = "ok"
             mf.write_manifest(staging, manifest)

@@ -17,8 +17,9 @@ def count_macs(model: torch.nn.Module, input_size: int, batch: int = 1) -> dict[
     per_module = counter.get_flop_counts()
     total = counter.get_total_flops() / 2 / 1e9
     parts = {"total": total}
-    for part in ("backbone", "head"):
-        key = f"{type(model).__name__}.{part}"
-        if key in per_module:
-            parts[part] = sum(per_module[key].values()) / 2 / 1e9
+    head_key = f"{type(model).__name__}.head"
+    if head_key in per_module:
+        parts["head"] = sum(per_module[head_key].values()) / 2 / 1e9
+        # The backbone runs through forward_intermediates (no module call to attribute), so it is the rest.
+        parts["backbone"] = total - parts["head"]
     return parts
