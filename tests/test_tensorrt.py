@@ -268,6 +268,7 @@ def test_rtx_compute_capability_errors():
             flavour.resolve_ccs("current")
         ccs, gpus = flavour.resolve_ccs(None)  # no GPU: every compute capability the library knows
         assert ccs == flavour.supported_ccs() and gpus == []
+        assert "sm75" not in flavour.resolve_ccs(None, "fp32")[0]  # no fp32 GEMM on Turing
 
 
 @needs_rtx

@@ -20,7 +20,8 @@ The few API differences live in :class:`Flavour`:
 
 Measured here (CPU-only, TensorRT for RTX 1.7.1.116, farl-small-300w at 224): fp32 engine 24 MB
 in ≈3 s; fp16 14 MB in ≈3 s; int8 Q/DQ 16 MB in ≈6 s; building for all six RTX compute
-capabilities instead of one adds ≈1 MB and no time.
+capabilities instead of one adds ≈1 MB and no time. fp32 cannot target Turing (sm75): no fp32 GEMM
+there in TensorRT for RTX, so the no-GPU default leaves sm75 out for fp32.
 """
 from __future__ import annotations
 
@@ -81,8 +82,14 @@ class Flavour:
         flag = getattr(self.trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
         return 0 if flag is None else 1 << int(flag)
 
-    def resolve_ccs(self, requested: Sequence[str] | str | None) -> tuple[list[str], list[str]]:
-        """(compute capabilities to build for, GPUs seen). Raises FlavourUnavailable / ValueError."""
+    def resolve_ccs(self, requested: Sequence[str] | str | None,
+                    precision: str | None = None) -> tuple[list[str], list[str]]:
+        """(compute capabilities to build for, GPUs seen). Raises FlavourUnavailable / ValueError.
+
+        Default without a GPU: every compute capability the library knows, except Turing (sm75)
+        for fp32 — TensorRT for RTX 1.7 cannot compile fp32 GEMMs for it (measured: "FP32 GEMM is
+        not supported" for SM75); name sm75 explicitly with fp16 / int8.
+        """
         gpus = cuda_devices()
         here = [g["compute_capability"] for g in gpus]
         if isinstance(requested, str):
@@ -100,7 +107,7 @@ class Flavour:
             return [here[0]], here
         supported = self.supported_ccs()
         if not wanted:  # default: this GPU, or every compute capability the library knows
-            wanted = ["current"] if gpus else list(supported)
+            wanted = ["current"] if gpus else [c for c in supported if not (precision == "fp32" and c == "sm75")]
         out = []
         for cc in wanted:
             if cc == "current":
@@ -176,7 +183,7 @@ def build_engine(onnx_path: Path, engine_path: Path, *, flavour: Flavour, precis
     min 1 / opt ``opt_batch`` (default min(8, max)) / max ``max_batch``.
     """
     trt = flavour.trt
-    ccs, gpus = flavour.resolve_ccs(compute_capabilities)
+    ccs, gpus = flavour.resolve_ccs(compute_capabilities, precision)
     lines: list[str] = [f"farl-edge TensorRT build: {flavour.name} {flavour.version}, precision {precision}, "
                         f"compute capabilities {', '.join(ccs)}, GPUs here: {', '.join(gpus) or 'none'}"]
     logger = _logger(trt, lines, log_level)
@@ -327,7 +334,7 @@ def _build(job, flavour_name: str):
 
     flavour = load_flavour(flavour_name)
     opts = job.options
-    ccs, _ = flavour.resolve_ccs(opts.get("compute_capability"))  # fail early, before the export
+    ccs, _ = flavour.resolve_ccs(opts.get("compute_capability"), job.precision)  # fail early, before the export
     info: dict = {"flavour": flavour.name, "version": flavour.version}
     plain = job.workdir / "plain.onnx"
     job.log(f"torch → onnx (plain graph for {flavour.name})")

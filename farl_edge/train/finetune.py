@@ -38,6 +38,7 @@ DEFAULTS = {
 def load_config(path: str | Path, overrides: dict | None = None) -> dict:
     cfg = {**DEFAULTS, **json.loads(Path(path).read_text())}
     cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    cfg.setdefault("recipe", str(path))
     for key in ("model", "train_data", "output"):
         if key not in cfg:
             raise ValueError(f"{path}: training config needs {key!r}")
