@@ -1,0 +1,535 @@
+"""The benchmark matrix: models × targets × precisions × stages × batch sizes, one report.
+
+``run_bench(BenchConfig(...))``:
+
+1. detect the CPU (:mod:`farl_edge.bench.hardware`), resolve each model's weights (shipped, a
+   checkpoint, or a seeded random init saved once as a checkpoint so that every row — PyTorch and
+   every exported artifact — runs the same weights), count its GMACs (``count_macs``: total,
+   backbone, head);
+2. plan the rows. Precision per target:
+
+   | target | fp32 | bf16 | fp16 | int8 |
+   | --- | --- | --- | --- | --- |
+   | torch | eager fp32 | ``torch.autocast`` bf16 | – | – |
+   | onnx | ORT, fused graph | – | fp16 graph | dynamic (default) or static QDQ |
+   | openvino | fp32 IR, INFERENCE_PRECISION_HINT=f32 | the same fp32 IR, hint bf16 | fp16-compressed IR | NNCF PTQ (rest in the device default: bf16 on AMX) |
+   | tensorrt, tensorrt-rtx, coreml | engine / package | – | fp16 | int8 |
+
+   Targets that cannot run here (no NVIDIA GPU, not macOS, library missing) become rows with
+   their reason; precisions a target has no path for are listed as "not measured". PyTorch fp32
+   rows are always measured: they are the reference for "× torch", Δmetric and the cosine;
+3. export what is missing through the export pipeline's Python API (cached under
+   ``cache/artifacts``: one fixed-batch artifact per batch size, as deployed; a failed parity
+   validation keeps the artifact, marked failed, and the row says so);
+4. measure each row in a fresh subprocess (:mod:`farl_edge.bench.worker`);
+5. derive × torch, the compute floor, Δmetric; write the report (:mod:`farl_edge.bench.report`).
+
+Stages: ``full`` (the whole model), ``backbone`` and ``head``. PyTorch times ``model.features``
+and ``model.head`` (on precomputed features) separately. Exported backbones are the same ViT
+exported as a backbone-task model (weights copied; its output is the CLS embedding, so it adds
+``ln_post`` + ``proj`` on one token, < 0.01 % of the MACs); the exported head stage is derived as
+full − backbone (marked "derived"). Stage rows run at the first batch size only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from farl_edge.bench import hardware
+from farl_edge.bench.timing import TimingPolicy
+
+ALL_TARGETS = ("torch", "onnx", "openvino", "tensorrt", "tensorrt-rtx", "coreml")
+ALL_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+STAGES = ("full", "backbone", "head")
+METRIC = {"parsing": ("f1_mean", "higher"), "alignment": ("nme_io", "lower")}
+TORCH_PRECISIONS = {"fp32": None, "bf16": "torch.autocast(cpu, bfloat16)"}
+# target → precision → (export precision, runtime options, description)
+EXPORTED = {
+    "onnx": {"fp32": ("fp32", {}, "ONNX Runtime, fused graph"),
+             "fp16": ("fp16", {}, "ONNX Runtime fp16 graph (LayerNorm/Softmax fp32)"),
+             "int8": ("int8", {}, "ONNX Runtime INT8")},
+    "openvino": {"fp32": ("fp32", {"inference_precision": "f32"}, "OpenVINO fp32 IR, hint f32"),
+                 "bf16": ("fp32", {"inference_precision": "bf16"}, "OpenVINO fp32 IR, hint bf16"),
+                 "fp16": ("fp16", {}, "OpenVINO fp16-compressed IR"),
+                 "int8": ("int8", {}, "OpenVINO NNCF INT8 PTQ")},
+}
+NO_PATH = {
+    ("torch", "fp16"): "PyTorch CPU has no fast fp16 path (use bf16 autocast)",
+    ("torch", "int8"): "PyTorch eager INT8 is not part of farl-edge (exported INT8: onnx / openvino)",
+    ("onnx", "bf16"): "ONNX Runtime's CPU provider has no bf16 kernels for this graph",
+}
+
+
+@dataclass
+class BenchConfig:
+    models: list[str]
+    targets: list[str] = field(default_factory=lambda: ["torch", "onnx", "openvino"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "bf16", "int8"])
+    batches: list[int] = field(default_factory=lambda: [1, 8])
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    threads: int | None = None
+    policy: TimingPolicy = field(default_factory=TimingPolicy)
+    eval_limit: int = 32
+    out: Path = Path("bench-results")
+    cache: Path | None = None  # default out/cache
+    checkpoint: str | None = None  # one model only
+    random_init: bool = False
+    seed: int = 0
+    calib_size: int = 32
+    export_eval_size: int = 4  # faces of the export's own parity validation (the bench measures accuracy itself)
+    onnx_int8_mode: str = "dynamic"
+    cpu_mhz: float | None = None
+    worker_timeout: float = 3600.0
+    command: str = ""
+    log: Callable[[str], None] = print
+
+    def __post_init__(self):
+        bad = [t for t in self.targets if t not in ALL_TARGETS]
+        if bad:
+            raise ValueError(f"unknown targets {bad}; known: {', '.join(ALL_TARGETS)}")
+        bad = [p for p in self.precisions if p not in ALL_PRECISIONS]
+        if bad:
+            raise ValueError(f"unknown precisions {bad}; known: {', '.join(ALL_PRECISIONS)}")
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad or "full" not in self.stages:
+            raise ValueError(f"stages must include 'full' and be among {STAGES}, not {self.stages}")
+        if not self.batches or any(int(b) < 1 for b in self.batches):
+            raise ValueError("batch sizes must be >= 1")
+        self.batches = sorted({int(b) for b in self.batches})
+        if self.onnx_int8_mode not in ("dynamic", "static"):
+            raise ValueError("onnx int8 mode must be 'dynamic' or 'static'")
+        if self.checkpoint and len(self.models) != 1:
+            raise ValueError("--checkpoint applies to one model only")
+        if self.eval_limit < 0 or self.calib_size < 1:
+            raise ValueError("--eval-limit must be >= 0 and the calibration size >= 1")
+        self.out = Path(self.out)
+        self.cache = Path(self.cache) if self.cache else self.out / "cache"
+        self.threads = int(self.threads or os.cpu_count() or 1)
+
+
+@dataclass
+class Row:
+    model: str
+    target: str
+    precision: str
+    stage: str
+    batch: int
+    status: str = "planned"  # ok | unavailable | failed | derived
+    reason: str = ""
+    notes: list[str] = field(default_factory=list)
+    data: dict = field(default_factory=dict)  # measured + derived values (report columns)
+
+    @property
+    def key(self) -> tuple:
+        return self.model, self.target, self.precision, self.stage, self.batch
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "target": self.target, "precision": self.precision, "stage": self.stage,
+                "batch": self.batch, "status": self.status, "reason": self.reason, "notes": self.notes, **self.data}
+
+
+# ----------------------------------------------------------------------------- availability
+def target_availability(target: str) -> tuple[bool, str]:
+    """(can run here, reason) for a target (the export format's builder and its runtime backend)."""
+    import importlib
+
+    if target == "torch":
+        return True, ""
+    from farl_edge.export.formats import FORMATS
+    from farl_edge.runtime.backends import available_backends
+
+    fmt = FORMATS.get(target)
+    if fmt is None:
+        return False, f"no export format {target!r} in this build"
+    run_ok, run_why = available_backends().get(fmt.backend, (False, f"no runtime backend {fmt.backend!r}"))
+    missing = fmt.missing()
+    build_ok, build_why = (not missing), (f"needs {', '.join(missing)} (pip install 'farl-edge[{fmt.extra}]')"
+                                          if missing else "")
+    if build_ok and fmt.notes.get("build_check"):
+        module, _, func = fmt.notes["build_check"].partition(":")
+        try:
+            build_ok, build_why = getattr(importlib.import_module(module), func)()
+        except Exception as e:  # a broken optional install is a reason, not a crash
+            build_ok, build_why = False, f"{type(e).__name__}: {e}"
+    if run_ok and build_ok:
+        return True, ""
+    parts = []
+    if not run_ok:
+        parts.append(f"cannot run here: {run_why} (runs on: {fmt.notes.get('run_needs', 'CPU')})")
+    parts.append("build here: " + ("yes" if build_ok else f"no ({build_why})"))
+    return False, "; ".join(parts)
+
+
+def plan(cfg: BenchConfig, availability: Callable[[str], tuple[bool, str]] = target_availability):
+    """(rows to measure or list as unavailable, [(target, precision, why) not measured])."""
+    rows: list[Row] = []
+    skipped: list[dict] = []
+    avail = {t: availability(t) for t in dict.fromkeys(["torch", *cfg.targets])}
+    for model in cfg.models:
+        targets = list(dict.fromkeys(["torch", *cfg.targets]))
+        for target in targets:
+            precisions = list(cfg.precisions)
+            if target == "torch" and "fp32" not in precisions:
+                precisions.insert(0, "fp32")  # the reference is always measured
+            for precision in precisions:
+                if target == "torch":
+                    supported = precision in TORCH_PRECISIONS
+                elif target in EXPORTED:
+                    supported = precision in EXPORTED[target]
+                else:
+                    from farl_edge.export.formats import FORMATS
+
+                    supported = target in FORMATS and precision in FORMATS[target].precisions
+                if not supported:
+                    why = NO_PATH.get((target, precision), f"{target} has no {precision} path")
+                    skipped.append({"model": model, "target": target, "precision": precision, "reason": why})
+                    continue
+                ok, why = avail[target]
+                if not ok:
+                    rows.append(Row(model, target, precision, "full", cfg.batches[0], status="unavailable", reason=why))
+                    continue
+                for batch in cfg.batches:
+                    rows.append(Row(model, target, precision, "full", batch))
+                for stage in ("backbone", "head"):
+                    if stage in cfg.stages:
+                        rows.append(Row(model, target, precision, stage, cfg.batches[0],
+                                        status="planned" if (target == "torch" or stage == "backbone") else "derived"))
+    return rows, skipped
+
+
+# ----------------------------------------------------------------------------- models
+@dataclass
+class ModelInfo:
+    name: str
+    cfg: object
+    checkpoint: str | None
+    pretrained: bool
+    weights: str  # description for the report
+    gmacs: dict
+    params_m: float
+    param_bytes: int
+    eval_dir: str | None
+    calib_dir: str | None
+
+
+def resolve_weights(cfg: BenchConfig, name: str, log) -> ModelInfo:
+    import torch
+
+    from farl_edge.export.calibration import shared_data_dir
+    from farl_edge.models import create_model
+    from farl_edge.models.complexity import count_macs
+    from farl_edge.registry import get_config, weights_path
+
+    mcfg = get_config(name)
+    if cfg.checkpoint:
+        ckpt, weights = cfg.checkpoint, f"checkpoint {Path(cfg.checkpoint).name}"
+    elif weights_path(mcfg) is not None and not cfg.random_init:
+        ckpt, weights = None, f"shipped ({mcfg.weights})"
+    else:
+        ckpt_path = cfg.cache / "weights" / f"{name}-random-seed{cfg.seed}.safetensors"
+        if not ckpt_path.is_file():
+            from farl_edge.checkpoint import save_checkpoint
+
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            torch.manual_seed(cfg.seed)
+            save_checkpoint(create_model(name, pretrained=False), ckpt_path, sidecar=False)
+        ckpt = str(ckpt_path)
+        weights = f"random init (seed {cfg.seed}): timing is real, task metrics are not"
+        log(f"{name}: no trained weights used — random init (seed {cfg.seed})")
+    model = create_model(name, checkpoint=ckpt, pretrained=ckpt is None)
+    gmacs = count_macs(model, mcfg.input_size)
+    params = sum(p.numel() for p in model.parameters())
+    nbytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    task = mcfg.task
+    eval_dir = shared_data_dir(task, "eval")
+    calib_dir = shared_data_dir(task, "calib")
+    return ModelInfo(name, mcfg, ckpt, ckpt is None, weights, gmacs, params / 1e6, nbytes,
+                     str(eval_dir) if eval_dir else None, str(calib_dir) if calib_dir else None)
+
+
+def backbone_module(info: ModelInfo):
+    """The model's ViT as a backbone-task FaRLModel (same weights), for exporting the backbone stage."""
+    from farl_edge.models import create_model
+    from farl_edge.models.task_model import FaRLModel
+
+    full = create_model(info.name, checkpoint=info.checkpoint, pretrained=info.pretrained)
+    bcfg = dataclasses.replace(full.cfg, name=f"{full.cfg.name}-backbone", task="backbone", head=None, labels=None,
+                               num_landmarks=None, weights=None, base=full.cfg.name,
+                               description=f"backbone stage of {full.cfg.name} (benchmark)")
+    bb = FaRLModel(bcfg)
+    bb.backbone.load_state_dict(full.backbone.state_dict())
+    return bb.eval()
+
+
+# ----------------------------------------------------------------------------- exports
+def artifact_dir(cfg: BenchConfig, row: Row, export_precision: str) -> Path:
+    extra = f"-{cfg.onnx_int8_mode}" if row.target == "onnx" and export_precision == "int8" else ""
+    return cfg.cache / "artifacts" / f"{row.model}-{row.stage}-{row.target}-{export_precision}{extra}-b{row.batch}"
+
+
+def ensure_artifact(cfg: BenchConfig, info: ModelInfo, row: Row, log) -> tuple[Path, dict]:
+    """The cached artifact for ``row`` (exported now when missing) and export facts for the report."""
+    from farl_edge.export.pipeline import export
+    from farl_edge.export.validate import ParityError
+
+    export_precision = EXPORTED[row.target][row.precision][0]
+    dest = artifact_dir(cfg, row, export_precision)
+    manifest_path = dest / "manifest.json"
+    facts: dict = {"artifact": str(dest)}
+    if not manifest_path.is_file():
+        log(f"export {dest.name}")
+        model = backbone_module(info) if row.stage == "backbone" else info.name
+        kwargs = dict(output=dest, batch=row.batch, eval_size=cfg.export_eval_size, calib_size=cfg.calib_size,
+                      keep_failed=True, force=True, log=lambda m: None)
+        if row.stage != "backbone":
+            kwargs.update(checkpoint=info.checkpoint, pretrained=info.pretrained)
+        if info.eval_dir:
+            kwargs["eval_data"] = info.eval_dir
+        if info.calib_dir and export_precision == "int8":
+            kwargs["calib"] = info.calib_dir
+        if row.target == "onnx" and export_precision == "int8":
+            kwargs["int8_mode"] = cfg.onnx_int8_mode
+        t0 = time.time()
+        try:
+            export(model, row.target, export_precision, **kwargs)
+        except ParityError as e:
+            log(f"  {dest.name}: parity validation failed (kept, marked failed): "
+                + ", ".join(f"{c.stage}/{c.name}" for c in e.report.failed))
+        facts["export_s"] = round(time.time() - t0, 1)
+    manifest = json.loads(manifest_path.read_text())
+    facts["size_mb"] = sum(f["bytes"] for f in manifest["files"].values()) / 1e6
+    facts["export_validation"] = "passed" if manifest.get("status") == "ok" else \
+        f"failed: {manifest.get('failure', '?')}"
+    build = manifest.get("build", {})
+    if "quantization" in build:
+        q = build["quantization"]
+        facts["quantization"] = {k: q[k] for k in ("mode", "tool", "model_type", "preset", "FakeQuantize", "op_types",
+                                                    "QuantizeLinear", "integer_ops") if k in q}
+    return dest, facts
+
+
+# ----------------------------------------------------------------------------- measuring
+def _worker(spec: dict, workdir: Path, timeout: float, threads: int) -> dict:
+    workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=workdir, delete=False) as f:
+        json.dump(spec, f)
+        spec_path = Path(f.name)
+    result_path = spec_path.with_suffix(".result.json")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_DISABLE": "1",
+           "PYTHONWARNINGS": "ignore"}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "farl_edge.bench.worker", str(spec_path), str(result_path)],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"worker timed out after {timeout:.0f} s"}
+    finally:
+        spec_path.unlink(missing_ok=True)
+    if not result_path.is_file():
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
+        return {"ok": False, "error": f"worker exited {proc.returncode}: {' | '.join(tail)}"[:500]}
+    result = json.loads(result_path.read_text())
+    result_path.unlink(missing_ok=True)
+    return result
+
+
+def prepare_inputs(cfg: BenchConfig, info: ModelInfo) -> dict:
+    """Real face crops for timing (the first max-batch faces) and the eval inputs, saved as .npy."""
+    import numpy as np
+
+    from farl_edge.export.calibration import open_faces
+
+    folder = cfg.cache / "inputs"
+    folder.mkdir(parents=True, exist_ok=True)
+    n_eval = cfg.eval_limit
+    need = max(max(cfg.batches), n_eval)
+    timing_path = folder / f"{info.name}-timing-{max(cfg.batches)}.npy"
+    eval_path = folder / f"{info.name}-eval-{n_eval}.npy"
+    if info.eval_dir is None:
+        x = np.random.default_rng(0).random((max(cfg.batches), 3, info.cfg.input_size, info.cfg.input_size),
+                                            dtype=np.float32)
+        np.save(timing_path, x)
+        return {"timing": str(timing_path), "eval": None, "source": "random (no evaluation data found)"}
+    faces = open_faces(info.eval_dir, n_eval if n_eval else max(cfg.batches), purpose="evaluation")
+    x = faces.inputs(info.cfg)
+    np.save(timing_path, x[:max(cfg.batches)] if len(x) >= max(cfg.batches) else x)
+    if n_eval:
+        np.save(eval_path, x[:n_eval])
+    del need
+    return {"timing": str(timing_path), "eval": str(eval_path) if n_eval else None,
+            "source": f"{faces.source} ({len(faces)} of {faces.total} faces, evenly spaced)"}
+
+
+def measure_row(cfg: BenchConfig, info: ModelInfo, row: Row, inputs: dict, refs: dict, log) -> None:
+    spec = {"model": info.name, "checkpoint": info.checkpoint, "pretrained": info.pretrained, "target": row.target,
+            "precision": row.precision, "stage": row.stage, "batch": row.batch, "threads": cfg.threads,
+            "policy": cfg.policy.to_dict(), "timing_input": inputs["timing"]}
+    if row.target == "torch":
+        row.data["size_mb"] = info.param_bytes / 1e6
+        if row.precision == "bf16":
+            row.notes.append("autocast: weights stay fp32")
+    else:
+        path, facts = ensure_artifact(cfg, info, row, log)
+        spec["artifact"] = str(path)
+        spec["runtime_options"] = {"threads": cfg.threads, **EXPORTED[row.target][row.precision][1]}
+        row.data.update({k: v for k, v in facts.items() if k != "artifact"})
+        row.data["artifact"] = path.name
+        if not facts["export_validation"].startswith("passed"):
+            row.notes.append("export parity validation " + facts["export_validation"])
+    first_batch = row.batch == cfg.batches[0]
+    if cfg.eval_limit and first_batch and row.stage in ("full", "backbone") and info.eval_dir:
+        ref_key = (info.name, row.stage)
+        ev = {"data": info.eval_dir, "limit": cfg.eval_limit, "inputs": inputs["eval"], "batch_size": 8}
+        if row.target == "torch" and row.precision == "fp32":
+            ev["save_reference"] = str(cfg.cache / "inputs" / f"{info.name}-{row.stage}-reference.npz")
+            refs[ref_key] = ev["save_reference"]
+        elif ref_key in refs:
+            ev["reference"] = refs[ref_key]
+        spec["eval"] = ev
+    log(f"measure {info.name} {row.target} {row.precision} {row.stage} b{row.batch}")
+    result = _worker(spec, cfg.cache / "work", cfg.worker_timeout, cfg.threads)
+    if not result.get("ok"):
+        row.status, row.reason = "failed", result.get("error", "unknown error")
+        log(f"  failed: {row.reason}")
+        return
+    row.status = "ok"
+    t = result["timing"]
+    row.data.update({
+        "median_ms": t["median_ms"], "p90_ms": t["p90_ms"], "p99_ms": t["p99_ms"], "mean_ms": t["mean_ms"],
+        "min_ms": t["min_ms"], "iters": t["iters"], "stable": t["stable"], "timing_s": t["timing_s"],
+        "fps": 1000.0 * row.batch / t["median_ms"], "cold_start_ms": result["cold_start_ms"],
+        "load_ms": result["load_ms"], "first_ms": result["first_ms"], "import_ms": result["import_ms"],
+        "peak_rss_mb": result["peak_rss_mb"], "rss_baseline_mb": result["rss_baseline_mb"],
+        "rss_after_load_mb": result["rss_after_load_mb"], "samples_ms": t["samples_ms"],
+    })
+    if "session" in result:
+        row.data["session"] = result["session"]
+        used = result["session"].get("inference_precision_used")
+        if used:
+            row.notes.append(f"OpenVINO inference precision used: {used}")
+    for key in ("metrics", "cosine", "landmark_shift_px", "eval_faces", "eval_s"):
+        if key in result:
+            row.data[key] = result[key]
+    log(f"  median {t['median_ms']:.1f} ms, p99 {t['p99_ms']:.1f} ms ({t['iters']} iters)"
+        + (f", cosine {result['cosine']['mean']:.6f}" if "cosine" in result else ""))
+
+
+# ----------------------------------------------------------------------------- derived columns
+def derive(rows: list[Row], infos: dict, cpu: hardware.CpuInfo, threads: int, batches: list[int]) -> None:
+    """× torch, GMACs, floor, Δmetric; head stage of exported targets = full − backbone."""
+    by_key = {r.key: r for r in rows}
+    cores = hardware.cores_used(cpu, threads)
+    for r in rows:
+        info = infos[r.model]
+        if r.status == "derived":
+            full = by_key.get((r.model, r.target, r.precision, "full", r.batch))
+            bb = by_key.get((r.model, r.target, r.precision, "backbone", r.batch))
+            if full and bb and full.status == "ok" and bb.status == "ok":
+                r.data["median_ms"] = full.data["median_ms"] - bb.data["median_ms"]
+                r.data["fps"] = 1000.0 * r.batch / r.data["median_ms"] if r.data["median_ms"] > 0 else None
+                r.notes.append("derived: full − backbone medians")
+            else:
+                r.status, r.reason = "failed", "needs measured full and backbone rows"
+    for r in rows:
+        info = infos[r.model]
+        gm = info.gmacs.get({"full": "total"}.get(r.stage, r.stage), info.gmacs["total"])
+        r.data["gmacs"] = gm
+        if r.data.get("median_ms"):
+            dtype = r.precision
+            fl = hardware.floor_ms(gm, dtype, cpu.flags, cores, cpu.mhz, r.batch)
+            r.data["floor_ms"] = fl
+            r.data["x_floor"] = r.data["median_ms"] / fl
+            r.data["pct_of_floor"] = 100.0 * fl / r.data["median_ms"]
+            ref = by_key.get((r.model, "torch", "fp32", r.stage, r.batch))
+            if ref and ref.data.get("median_ms"):
+                r.data["x_torch"] = ref.data["median_ms"] / r.data["median_ms"]
+        # accuracy columns: measured once per (target, precision, stage) at the first batch
+        src = by_key.get((r.model, r.target, r.precision, r.stage, batches[0]))
+        if src is not r and src is not None:
+            for key in ("metrics", "cosine", "landmark_shift_px"):
+                if key in src.data:
+                    r.data[key] = src.data[key]
+            if "metrics" in src.data or "cosine" in src.data:
+                r.data["accuracy_from_batch"] = batches[0]
+        metric, _ = METRIC.get(info.cfg.task, (None, None))
+        ref = by_key.get((r.model, "torch", "fp32", "full", batches[0]))
+        if metric and r.stage == "full" and "metrics" in r.data and ref is not None and "metrics" in ref.data:
+            r.data["metric_name"] = metric
+            r.data["metric"] = r.data["metrics"].get(metric)
+            if r.data["metric"] is not None and ref.data["metrics"].get(metric) is not None:
+                r.data["delta"] = r.data["metric"] - ref.data["metrics"][metric]
+
+
+def environment(cpu: hardware.CpuInfo, threads: int) -> dict:
+    from farl_edge.export.manifest import library_versions
+
+    versions = library_versions()
+    from importlib import metadata
+
+    for extra in ("psutil", "matplotlib", "coremltools", "tensorrt", "tensorrt-rtx-cu12-bindings"):
+        try:
+            versions[extra] = metadata.version(extra)
+        except metadata.PackageNotFoundError:
+            pass
+    cores = hardware.cores_used(cpu, threads)
+    return {"cpu": cpu.to_dict(), "isa": cpu.isa, "machine_class": cpu.machine_class(threads), "threads": threads,
+            "cores_used": cores, "peak": hardware.peak_table(cpu, cores), "platform": platform.platform(),
+            "versions": versions}
+
+
+# ----------------------------------------------------------------------------- entry point
+def run_bench(cfg: BenchConfig) -> dict:
+    """Run the whole matrix; returns the report dict (also written to ``cfg.out``)."""
+    from farl_edge.bench import report
+
+    log = cfg.log
+    started = time.time()
+    cpu = hardware.detect_cpu(cfg.cpu_mhz)
+    env = environment(cpu, cfg.threads)
+    log(f"{cpu.model}: {cpu.isa}, {env['cores_used']} cores at {cpu.mhz:.0f} MHz ({cpu.mhz_source}), "
+        f"{cfg.threads} threads")
+    rows, skipped = plan(cfg)
+    infos: dict[str, ModelInfo] = {}
+    refs: dict = {}
+    for model in cfg.models:
+        info = resolve_weights(cfg, model, log)
+        infos[model] = info
+        inputs = prepare_inputs(cfg, info)
+        info_inputs = inputs["source"]
+        # torch fp32 first (the reference), then the rest in plan order
+        mine = [r for r in rows if r.model == model and r.status == "planned"]
+        mine.sort(key=lambda r: (not (r.target == "torch" and r.precision == "fp32"), ))
+        for r in mine:
+            try:
+                measure_row(cfg, info, r, inputs, refs, log)
+            except Exception as e:  # an export that crashes is a failed row, not a failed bench
+                r.status, r.reason = "failed", f"{type(e).__name__}: {e}"[:500]
+                log(f"  failed: {r.reason}")
+        info.__dict__["inputs_source"] = info_inputs
+    derive(rows, infos, cpu, cfg.threads, cfg.batches)
+    data = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": cfg.command,
+        "environment": env,
+        "settings": {"targets": cfg.targets, "precisions": cfg.precisions, "batches": cfg.batches,
+                     "stages": cfg.stages, "threads": cfg.threads, "timing": cfg.policy.to_dict(),
+                     "eval_limit": cfg.eval_limit, "calib_size": cfg.calib_size,
+                     "onnx_int8_mode": cfg.onnx_int8_mode, "export_eval_size": cfg.export_eval_size,
+                     "measurement": "one fresh subprocess per row (peak RSS, cold start)"},
+        "models": {n: {"task": i.cfg.task, "input_size": i.cfg.input_size, "weights": i.weights,
+                       "gmacs": i.gmacs, "params_m": i.params_m, "eval_data": i.__dict__.get("inputs_source"),
+                       "metric": METRIC.get(i.cfg.task, (None,))[0]} for n, i in infos.items()},
+        "rows": [r.to_dict() for r in rows],
+        "not_measured": skipped,
+        "seconds": round(time.time() - started, 1),
+    }
+    report.write_all(data, cfg.out)
+    return data
