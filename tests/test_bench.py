@@ -1,0 +1,227 @@
+"""`farl-edge bench`: percentiles, the adaptive loop, the floor table, and one fast end-to-end run."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from farl_edge.bench import hardware
+from farl_edge.bench.timing import TimingPolicy, is_stable, measure, median, percentile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from export_fixtures import fallback_checkpoint  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- percentiles
+@pytest.mark.parametrize("samples,q,expected", [
+    ([5.0], 99, 5.0),
+    ([1, 2, 3, 4], 50, 2.5),  # position 1.5
+    ([1, 2, 3, 4, 5], 50, 3.0),
+    ([10, 20, 30, 40, 50], 90, 46.0),  # position 3.6 → 40 + 0.6 * 10
+    ([10, 20, 30, 40, 50], 99, 49.6),  # position 3.96
+    ([3, 1, 2], 0, 1.0),
+    ([3, 1, 2], 100, 3.0),
+    (list(range(1, 101)), 99, 99.01),  # position 98.01 → 99 + 0.01
+])
+def test_percentile_hand_computed(samples, q, expected):
+    assert percentile(samples, q) == pytest.approx(expected)
+    assert percentile(samples, q) == pytest.approx(float(np.percentile(samples, q)))
+
+
+def test_percentile_errors_and_median():
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+    assert median([4, 1, 3, 2]) == 2.5
+
+
+def test_stability_rule():
+    assert not is_stable([1, 1, 1], 0.02)  # needs 4 samples
+    assert is_stable([10, 10, 10, 10.1], 0.02)
+    assert not is_stable([10, 10, 20, 20, 20, 20], 0.02)  # first-half median 10, all 20
+
+
+class FakeClock:
+    """Each fn() call advances the clock by the next duration; the clock never moves otherwise."""
+
+    def __init__(self, durations):
+        self.t = 0.0
+        self.durations = list(durations)
+
+    def __call__(self):
+        return self.t
+
+    def fn(self):
+        self.t += self.durations.pop(0) if self.durations else 0.01
+
+
+def test_measure_min_iters_and_warmup():
+    clock = FakeClock([1.0, 1.0] + [0.010] * 100)  # 2 slow warm-up calls, then 10 ms
+    r = measure(clock.fn, TimingPolicy(warmup=2, min_iters=5, min_time=0.0, max_time=100), clock=clock)
+    assert len(r.warmup_ms) == 2 and r.iters >= 5
+    assert r.stats()["median_ms"] == pytest.approx(10.0)
+    assert r.stable
+
+
+def test_measure_min_time_and_max_time():
+    clock = FakeClock([0.010] * 1000)
+    r = measure(clock.fn, TimingPolicy(warmup=0, min_iters=1, min_time=0.5, max_time=100), clock=clock)
+    assert r.iters >= 50  # 0.5 s of 10 ms calls
+    # unstable series: stops at max_time, says so
+    noisy = FakeClock([0.01, 0.01, 0.01, 0.01] + [0.05] * 1000)
+    r = measure(noisy.fn, TimingPolicy(warmup=0, min_iters=4, min_time=0, max_time=0.2, rel_tol=0.0001), clock=noisy)
+    assert r.seconds <= 0.3
+
+
+def test_measure_fewer_than_four_iters_stops():
+    clock = FakeClock([0.5, 0.1, 0.2, 0.3])
+    r = measure(clock.fn, TimingPolicy(warmup=1, min_iters=3, min_time=0.0, max_time=100), clock=clock)
+    assert r.iters == 3 and r.stable is False
+    assert r.stats()["median_ms"] == pytest.approx(200.0)
+
+
+# ----------------------------------------------------------------------------- hardware / floor
+CPUINFO = """processor	: 0
+vendor_id	: GenuineIntel
+model name	: Intel(R) Xeon(R) Platinum 8480+
+cpu MHz		: 2000.000
+physical id	: 0
+core id		: 0
+flags		: fpu sse4_2 avx avx2 fma avx512f avx512_vnni avx512_bf16 amx_tile amx_int8 amx_bf16
+
+processor	: 1
+vendor_id	: GenuineIntel
+model name	: Intel(R) Xeon(R) Platinum 8480+
+cpu MHz		: 2100.000
+physical id	: 0
+core id		: 1
+flags		: fpu sse4_2 avx avx2 fma avx512f avx512_vnni avx512_bf16 amx_tile amx_int8 amx_bf16
+"""
+
+
+def test_parse_cpuinfo():
+    info = hardware.parse_cpuinfo(CPUINFO)
+    assert info["model"] == "Intel(R) Xeon(R) Platinum 8480+" and info["vendor"] == "GenuineIntel"
+    assert {"amx_int8", "amx_bf16", "avx512_vnni", "avx512f"} <= info["flags"]
+    assert info["logical"] == 2 and info["physical"] == 2 and info["mhz"] == 2100.0
+
+
+def test_peak_rates_per_isa():
+    amx = {"avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "fma"}
+    assert hardware.peak_macs_per_cycle(amx, "int8") == (1024, "amx_int8")
+    assert hardware.peak_macs_per_cycle(amx, "bf16") == (512, "amx_bf16")
+    assert hardware.peak_macs_per_cycle(amx, "fp32") == (32, "avx512f")
+    vnni = {"avx512f", "avx512_vnni", "fma"}
+    assert hardware.peak_macs_per_cycle(vnni, "int8") == (128, "avx512_vnni")
+    macs, isa = hardware.peak_macs_per_cycle(vnni, "bf16")  # no bf16 instructions: fp32 rate
+    assert macs == 32 and "fp32 rate" in isa
+    assert hardware.peak_macs_per_cycle({"fma", "avx2"}, "fp32") == (16, "fma")
+    assert hardware.peak_macs_per_cycle(set(), "int8")[0] == 4
+
+
+def test_floor_hand_computed():
+    amx = {"amx_int8", "amx_bf16", "avx512f"}
+    # 450 GMACs on 2 AMX cores at 2929.7 MHz, int8: 450e9 / (1024 * 2 * 2.9297e9) = 75.0 ms (the issue's figure)
+    assert hardware.floor_ms(450, "int8", amx, cores=2, mhz=2929.6875) == pytest.approx(75.0)
+    # bf16 at 2100 MHz: 450e9 / (512 * 2 * 2.1e9) = 209.26 ms
+    assert hardware.floor_ms(450, "bf16", amx, cores=2, mhz=2100) == pytest.approx(450e9 / (512 * 2 * 2.1e9) * 1e3)
+    # fp32 AVX-512, batch 8: 1 GMAC × 8 / (32 × 1 × 1e9) = 250 ms
+    assert hardware.floor_ms(1.0, "fp32", amx, cores=1, mhz=1000, batch=8) == pytest.approx(250.0)
+    with pytest.raises(ValueError):
+        hardware.floor_ms(1.0, "fp32", amx, cores=0, mhz=1000)
+
+
+def test_detect_cpu_and_machine_class():
+    cpu = hardware.detect_cpu()
+    assert cpu.mhz > 0 and cpu.physical_cores >= 1 and cpu.mhz_source
+    assert cpu.machine_class(1).endswith("-1c")
+    assert hardware.detect_cpu(mhz=1234).mhz == 1234
+
+
+def test_pareto_front():
+    from farl_edge.bench.report import pareto_front
+
+    pts = [(10, 90.0), (5, 80.0), (20, 95.0), (15, 85.0)]  # (latency, f1): (15, 85) is dominated by (10, 90)
+    assert [pts[i] for i in pareto_front(pts, higher_is_better=True)] == [(5, 80.0), (10, 90.0), (20, 95.0)]
+    nme = [(10, 3.0), (5, 4.0), (20, 3.5)]  # (20, 3.5) dominated by (10, 3.0)
+    assert [nme[i] for i in pareto_front(nme, higher_is_better=False)] == [(5, 4.0), (10, 3.0)]
+
+
+def test_plan_lists_unavailable_and_missing_paths(tmp_path):
+    from farl_edge.bench.runner import BenchConfig, plan
+
+    cfg = BenchConfig(models=["farl-small-300w"], targets=["onnx", "tensorrt", "coreml"],
+                      precisions=["bf16", "int8"], batches=[1, 4], out=tmp_path)
+    fake = {"torch": (True, ""), "onnx": (True, ""), "tensorrt": (False, "needs an NVIDIA GPU"),
+            "coreml": (False, "Core ML runs only on macOS")}
+    rows, skipped = plan(cfg, availability=lambda t: fake[t])
+    keys = {(r.target, r.precision, r.stage, r.batch): r for r in rows}
+    assert ("torch", "fp32", "full", 1) in keys  # the reference is always there
+    assert keys[("torch", "bf16", "full", 4)].status == "planned"
+    assert keys[("onnx", "int8", "head", 1)].status == "derived"
+    assert keys[("tensorrt", "int8", "full", 1)].status == "unavailable"
+    assert "NVIDIA" in keys[("tensorrt", "int8", "full", 1)].reason
+    assert keys[("coreml", "int8", "full", 1)].reason == "Core ML runs only on macOS"
+    why = {(s["target"], s["precision"]): s["reason"] for s in skipped}
+    assert ("onnx", "bf16") in why and ("torch", "int8") in why and ("tensorrt", "bf16") in why
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_bench_fast_run(tmp_path, helen_dir):
+    """torch + onnx fp32 on the small alignment model, two batch sizes, stages, tiny eval subset;
+    tensorrt / coreml rows listed with their reason. Every column of the measured rows is filled."""
+    from farl_edge.cli import main
+
+    out = tmp_path / "bench"
+    ckpt = fallback_checkpoint("farl-small-300w")
+    argv = ["bench", "--model", "farl-small-300w", "--targets", "torch,onnx,tensorrt,coreml", "--precisions", "fp32",
+            "--batch", "1,2", "--iters", "3", "--min-time", "0", "--warmup", "1", "--eval-limit", "4",
+            "--export-eval-size", "2", "--threads", "1", "--out", str(out), "--quiet"]
+    if ckpt is not None:
+        argv += ["--checkpoint", str(ckpt)]
+    assert main(argv) == 0
+    for name in ("bench.md", "bench.csv", "bench.json", "latency.png", "pareto-farl-small-300w.png", "command.txt"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    data = json.loads((out / "bench.json").read_text())
+    env = data["environment"]
+    assert env["threads"] == 1 and env["cpu"]["model"] and "versions" in env and env["versions"]["torch"]
+    assert env["peak"]["int8"]["macs_per_cycle_core"] > 0
+    rows = {(r["target"], r["precision"], r["stage"], r["batch"]): r for r in data["rows"]}
+    measured = [rows[("torch", "fp32", "full", 1)], rows[("torch", "fp32", "full", 2)],
+                rows[("onnx", "fp32", "full", 1)], rows[("onnx", "fp32", "full", 2)]]
+    for r in measured:
+        assert r["status"] == "ok", r
+        for key in ("size_mb", "metric", "delta", "median_ms", "p90_ms", "p99_ms", "fps", "x_torch", "gmacs",
+                    "floor_ms", "pct_of_floor", "cold_start_ms", "peak_rss_mb"):
+            assert r.get(key) is not None and math.isfinite(r[key]), (r["target"], r["batch"], key)
+        assert r["cosine"]["mean"] > 0.9999
+        assert r["metric_name"] == "nme_io"
+    assert rows[("torch", "fp32", "full", 1)]["delta"] == 0 and rows[("torch", "fp32", "full", 1)]["x_torch"] == 1
+    assert abs(rows[("onnx", "fp32", "full", 1)]["delta"]) < 0.01
+    # stages: torch measured, onnx backbone exported and measured, onnx head derived
+    for key in (("torch", "fp32", "backbone", 1), ("torch", "fp32", "head", 1), ("onnx", "fp32", "backbone", 1)):
+        assert rows[key]["status"] == "ok" and rows[key]["median_ms"] > 0, key
+    assert rows[("onnx", "fp32", "backbone", 1)]["cosine"]["mean"] > 0.9999
+    assert rows[("onnx", "fp32", "head", 1)]["status"] == "derived"
+    assert 0 < rows[("torch", "fp32", "backbone", 1)]["gmacs"] < rows[("torch", "fp32", "full", 1)]["gmacs"]
+    for target, why in (("tensorrt", "NVIDIA GPU"), ("coreml", "macOS")):
+        r = rows[(target, "fp32", "full", 1)]
+        assert r["status"] == "unavailable" and why in r["reason"]
+
+    md = (out / "bench.md").read_text()
+    assert "| target |" in md and "unavailable" in md and "NVIDIA GPU" in md and "macOS" in md
+    assert "amx" in md or "avx" in md or "ISA flags" in md
+    with open(out / "bench.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(data["rows"])
+    onnx1 = next(r for r in table if r["target"] == "onnx" and r["stage"] == "full" and r["batch"] == "1")
+    assert all(onnx1[k] != "" for k in ("median_ms", "p99_ms", "metric", "delta", "cosine_mean", "pct_of_floor"))
+    assert (out / "command.txt").read_text().startswith("farl-edge bench")
