@@ -1,0 +1,125 @@
+#!/usr/bin/env python
+"""Where does an OpenVINO artifact spend its time? Per-op profile (PERF_COUNT) by layer type and kernel.
+
+For each artifact folder (``farl-edge export`` / ``farl-edge bench`` cache) and inference precision,
+compiles the model with ``PERF_COUNT=YES``, runs ``--iters`` inferences on real face crops (or
+random input), and sums OpenVINO's per-node ``real_time`` over the executed nodes, grouped by
+layer type and by kernel (``exec_type``: e.g. ``brgconv_avx512_amx_I8`` = AMX int8 convolution,
+``brgemm_avx512_amx_bf16`` = AMX bf16 matmul, ``jit_avx512_FP32`` = fp32 vector code). That says
+which ops run in int8 / bf16 / fp32 and what each costs, i.e. what limits INT8 against the floor.
+
+Usage::
+
+    python benchmarks/openvino_profile.py ART_DIR[:f32|bf16|default] ... [--iters 5] [--threads 2]
+        [--config KEY=VALUE ...] [--json out.json] [--md out.md]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def kernel_precision(exec_type: str) -> str:
+    """The compute precision a CPU kernel name says (I8 / BF16 / FP32 / FP16)."""
+    t = exec_type.upper()
+    for tag, name in (("I8", "int8"), ("U8", "int8"), ("BF16", "bf16"), ("F16", "fp16"), ("FP16", "fp16"),
+                      ("FP32", "fp32"), ("F32", "fp32")):
+        if re.search(rf"(^|_){tag}($|_)", t):
+            return name
+    return "other"
+
+
+def profile(artifact: Path, precision: str, iters: int, threads: int, extra: dict, inputs: np.ndarray | None):
+    import openvino as ov
+
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    config = {"PERF_COUNT": "YES", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, **extra}
+    if precision != "default":
+        config["INFERENCE_PRECISION_HINT"] = precision
+    core = ov.Core()
+    compiled = core.compile_model(str(artifact / manifest["model_file"]), "CPU", config)
+    request = compiled.create_infer_request()
+    shape = [int(d) for d in manifest["inputs"][0]["shape"]]
+    x = inputs[: shape[0]] if inputs is not None and len(inputs) >= shape[0] else \
+        np.random.default_rng(0).random(shape, dtype=np.float32)
+    request.infer({0: x})  # warm-up
+    by_type = collections.Counter()
+    by_kernel = collections.Counter()
+    by_prec = collections.Counter()
+    per_node = collections.Counter()
+    walls = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        request.infer({0: x})
+        walls.append((time.perf_counter() - t0) * 1e3)
+        for p in request.get_profiling_info():
+            if p.status != p.Status.EXECUTED:
+                continue
+            ms = p.real_time.total_seconds() * 1e3
+            by_type[p.node_type] += ms / iters
+            by_kernel[(p.node_type, p.exec_type)] += ms / iters
+            by_prec[kernel_precision(p.exec_type)] += ms / iters
+            per_node[(p.node_name, p.node_type, p.exec_type)] += ms / iters
+    used = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    return {"artifact": artifact.name, "precision_hint": precision, "precision_used": used, "config": {
+        k: str(v) for k, v in config.items()}, "wall_ms_median": float(np.median(walls)),
+        "profiled_ms": sum(by_type.values()), "by_type": dict(by_type.most_common()),
+        "by_precision": dict(by_prec.most_common()),
+        "by_kernel": [{"type": t, "kernel": k, "ms": v} for (t, k), v in by_kernel.most_common()],
+        "top_nodes": [{"node": n, "type": t, "kernel": k, "ms": v} for (n, t, k), v in per_node.most_common(15)]}
+
+
+def markdown(results: list[dict]) -> str:
+    lines = []
+    for r in results:
+        lines += [f"### {r['artifact']} — hint {r['precision_hint']} (used: {r['precision_used']})", "",
+                  f"wall median {r['wall_ms_median']:.1f} ms; profiled node time {r['profiled_ms']:.1f} ms", "",
+                  "| compute precision | ms | % |", "| --- | --- | --- |"]
+        tot = r["profiled_ms"] or 1
+        lines += [f"| {k} | {v:.1f} | {100 * v / tot:.1f} |" for k, v in r["by_precision"].items()]
+        lines += ["", "| layer type | kernel | ms | % |", "| --- | --- | --- | --- |"]
+        lines += [f"| {k['type']} | {k['kernel']} | {k['ms']:.1f} | {100 * k['ms'] / tot:.1f} |"
+                  for k in r["by_kernel"][:20]]
+        lines += ["", "Top nodes:", "", "| node | type | kernel | ms |", "| --- | --- | --- | --- |"]
+        lines += [f"| {n['node'][:70]} | {n['type']} | {n['kernel']} | {n['ms']:.1f} |" for n in r["top_nodes"][:10]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("artifacts", nargs="+", help="ART_DIR[:f32|bf16|default] (default: the manifest's runtime option)")
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--inputs", help=".npy of (N, 3, S, S) face crops (the bench cache's inputs/*-timing-*.npy)")
+    p.add_argument("--config", action="append", default=[], help="extra compile property KEY=VALUE")
+    p.add_argument("--json")
+    p.add_argument("--md")
+    args = p.parse_args(argv)
+    extra = dict(kv.split("=", 1) for kv in args.config)
+    inputs = np.load(args.inputs) if args.inputs else None
+    results = []
+    for spec in args.artifacts:
+        path, _, prec = spec.partition(":")
+        path = Path(path)
+        if not prec:
+            prec = json.loads((path / "manifest.json").read_text()).get("runtime", {}).get("options", {}).get(
+                "inference_precision") or "default"
+        results.append(profile(path, prec, args.iters, args.threads, extra, inputs))
+        print(markdown(results[-1:]), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    if args.md:
+        Path(args.md).write_text(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
