@@ -10,6 +10,7 @@ shapes and value (cosine / max |Δ|) limits stay the configured ones.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import sys
@@ -123,6 +124,14 @@ __all__ = ["ALIGN", "PARSE", "CALIB_SIZE", "EVAL_SIZE", "SHARED_DATA", "has_weig
 
 # ---------------------------------------------------------------- one torch.onnx export per model
 _EXPORTS: dict[tuple, Path] = {}
+
+
+@atexit.register
+def _remove_scratch() -> None:
+    import shutil
+
+    for path in [*_EXPORTS.values(), *_RANDOM_CKPT.values()]:
+        shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def _cached_torch2onnx(real):

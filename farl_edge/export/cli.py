@@ -23,7 +23,8 @@ def load_recipe(name: str) -> dict:
 
     candidates = [Path(name), Path(name + ".json")]
     stem = Path(name).name.removesuffix(".json")
-    candidates += [RECIPE_DIR / f"{stem}.json"]
+    # the project's export/ folder; a wheel may ship the same files as package data
+    candidates += [RECIPE_DIR / f"{stem}.json", Path(__file__).resolve().parents[1] / "export_configs" / f"{stem}.json"]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
         known = ", ".join(f"export/{p.stem}" for p in sorted(RECIPE_DIR.glob("*.json")))

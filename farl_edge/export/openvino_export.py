@@ -78,6 +78,21 @@ def count_quantized(ov_model) -> dict:
     return {"FakeQuantize": ops.count("FakeQuantize"), "FakeConvert": ops.count("FakeConvert"), "ops": len(ops)}
 
 
+def output_tail(ov_model) -> list[str]:
+    """Friendly names of the ops downstream of a model output (the soft-argmax landmark decoder
+    after ``heatmaps``): NNCF must leave them in float (see onnxruntime_quant for the numbers)."""
+    producers = {out.get_node().get_friendly_name() for out in
+                 (r.input_value(0) for r in ov_model.get_results())}
+    reach, tail = set(producers), []
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() in ("Result", "Constant", "Parameter"):
+            continue
+        if any(v.get_node().get_friendly_name() in reach for v in op.input_values()):
+            reach.add(op.get_friendly_name())
+            tail.append(op.get_friendly_name())
+    return tail
+
+
 def quantize_nncf(ov_model, calibration, cfg, export_cfg, *, max_drop: float | None = None, evaluation=None,
                   log=print) -> tuple[object, dict]:
     """NNCF post-training INT8 (transformer preset: SmoothQuant), or accuracy-controlled when
@@ -87,12 +102,14 @@ def quantize_nncf(ov_model, calibration, cfg, export_cfg, *, max_drop: float | N
     batch = export_cfg.batch or 1
     data = list(calibration.batches(cfg, batch))
     calib = nncf.Dataset(data)
+    tail = output_tail(ov_model)
+    ignored = nncf.IgnoredScope(names=tail, validate=False) if tail else None
     info = {"tool": "nncf", "version": nncf.__version__, "model_type": "TRANSFORMER", "preset": "MIXED",
-            "calibration_batches": len(data)}
+            "calibration_batches": len(data), "ignored": tail}
     with _quiet():
         if max_drop is None:
             q = nncf.quantize(ov_model, calib, model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
-                              subset_size=len(data) * batch)
+                              subset_size=len(data) * batch, ignored_scope=ignored)
         else:
             if evaluation is None:
                 raise ValueError("--max-drop needs annotated evaluation faces")
@@ -101,7 +118,7 @@ def quantize_nncf(ov_model, calibration, cfg, export_cfg, *, max_drop: float | N
             q = nncf.quantize_with_accuracy_control(
                 ov_model, calib, nncf.Dataset(list(evaluation.samples)), validation_fn=validate, max_drop=max_drop,
                 drop_type=nncf.DropType.ABSOLUTE, model_type=nncf.ModelType.TRANSFORMER,
-                preset=nncf.QuantizationPreset.MIXED, subset_size=len(data) * batch)
+                preset=nncf.QuantizationPreset.MIXED, subset_size=len(data) * batch, ignored_scope=ignored)
             info.update(accuracy_control={"metric": metric, "max_drop": max_drop, "faces": len(evaluation)})
     info.update(count_quantized(q))
     return q, info
@@ -165,7 +182,8 @@ def build(job: BuildJob) -> BuildResult:
                                                        log=job.log)
     device_default = default_inference_precision()
     # What the artifact is validated (and by default run) with: fp32 means f32 (not the silent
-    # bf16 of AMX CPUs); fp16 runs f16 where the CPU has it; int8 leaves the rest to the device.
+    # bf16 of AMX CPUs); fp16 = fp16-compressed weights computed in f32; int8 leaves the float
+    # layers to the device default (bf16 on AMX). --inference-precision / recipes override it.
     wanted = opts.get("inference_precision") or {"fp32": "f32", "fp16": "f32", "int8": "default"}[job.precision]
     ov.save_model(ov_model, str(job.folder / "model.xml"), compress_to_fp16=job.precision == "fp16")
     info.update(count_quantized(ov_model))
