@@ -21,15 +21,14 @@ GPU build machines only (the ``tensorrt`` extra), never in the CPU toolchain.
 from __future__ import annotations
 
 import collections
-import contextlib
 import importlib.util
-import io
-import logging
-import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import onnx
+
+from farl_edge.export.onnxruntime_quant import FaceCalibrationReader, _ensure_node_names, _quiet, output_tail
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -40,18 +39,6 @@ def modelopt_available() -> bool:
         return importlib.util.find_spec("modelopt.onnx") is not None
     except (ImportError, ValueError):
         return False
-
-
-@contextlib.contextmanager
-def _quiet():
-    level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.getLogger().setLevel(level)
 
 
 def graph_summary(path_or_model) -> dict:
@@ -119,22 +106,6 @@ def _modelopt_fp16(src: Path, dst: Path) -> dict:  # pragma: no cover - GPU buil
             "fp32_op_types": ["LayerNormalization", "Softmax"], **graph_summary(dst)}
 
 
-class _Reader:
-    """onnxruntime CalibrationDataReader over prepared face-crop batches."""
-
-    def __init__(self, batches: Sequence[np.ndarray], input_name: str):
-        self.batches = [np.ascontiguousarray(b, np.float32) for b in batches]
-        self.input_name = input_name
-        self._it = iter(self.batches)
-
-    def get_next(self):
-        batch = next(self._it, None)
-        return None if batch is None else {self.input_name: batch}
-
-    def rewind(self) -> None:
-        self._it = iter(self.batches)
-
-
 def prepare_int8(src: Path, dst: Path, batches: Iterable[np.ndarray], input_name: str, *,
                  op_types: Sequence[str] = ("MatMul", "Conv", "ConvTranspose"), use_modelopt: bool | None = None,
                  workdir: Path | None = None) -> dict:
@@ -151,8 +122,13 @@ def prepare_int8(src: Path, dst: Path, batches: Iterable[np.ndarray], input_name
     pre = (workdir or dst.parent) / (Path(src).stem + ".qpre.onnx")
     with _quiet():
         quant_pre_process(str(src), str(pre), skip_optimization=True, skip_symbolic_shape=True)
-        quantize_static(str(pre), str(dst), _Reader(batches, input_name), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(op_types), per_channel=True,
+        # Decoders after a graph output (soft-argmax) stay float, as for the ONNX Runtime target.
+        model = onnx.load(str(pre))
+        _ensure_node_names(model)
+        onnx.save(model, str(pre))
+        excluded = output_tail(model)
+        quantize_static(str(pre), str(dst), FaceCalibrationReader(batches, input_name), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(op_types), per_channel=True, nodes_to_exclude=excluded,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
@@ -164,7 +140,7 @@ def prepare_int8(src: Path, dst: Path, batches: Iterable[np.ndarray], input_name
     return {"tool": f"onnxruntime.quantization.quantize_static {_version('onnxruntime')} (ModelOpt not installed)",
             "format": "QDQ", "activations": "int8 symmetric (MinMax)", "weights": "int8 symmetric per-channel",
             "biases": "float (not quantised)",
-            "op_types": list(op_types), "calibration_batches": len(batches), **summary}
+            "op_types": list(op_types), "calibration_batches": len(batches), "excluded_nodes": excluded, **summary}
 
 
 def _modelopt_int8(src, dst, batches, input_name, op_types) -> dict:  # pragma: no cover - GPU machines only
