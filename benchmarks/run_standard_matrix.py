@@ -76,6 +76,8 @@ def run_model(name: str, group: str, out: Path, cache: Path, args) -> dict:
         cmd += ["--threads", str(args.threads)]
     if group == "b16":
         cmd += ["--random-init"]
+    if args.export_only:
+        cmd += ["--export-only"]
     print("+ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     t0 = time.time()
     rc = subprocess.call(cmd, stdout=subprocess.DEVNULL if args.quiet else None)
@@ -142,6 +144,7 @@ def main(argv=None) -> int:
     p.add_argument("--precisions", default=PRECISIONS)
     p.add_argument("--results", default=str(RESULTS), help="results root (default benchmarks/results)")
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "farl-edge-bench"))
+    p.add_argument("--export-only", action="store_true", help="fill the artifact cache only (no timing, no report)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
@@ -157,6 +160,8 @@ def main(argv=None) -> int:
             print(f"skip {name}: no shipped weights", flush=True)
             continue
         runs.append(run_model(name, group, folder / name, Path(args.cache), args))
+    if args.export_only:
+        return max([r["rc"] for r in runs] + [0])
     # keep the index complete across partial runs: merge with models already reported
     previous = folder / "runs.json"
     known = {r["model"]: r for r in (json.loads(previous.read_text()) if previous.is_file() else [])}

@@ -59,11 +59,14 @@ def cmd_bench(args) -> int:
             stages=stages, threads=args.threads, policy=policy, eval_limit=args.eval_limit, out=Path(args.out),
             cache=Path(args.cache) if args.cache else None, checkpoint=args.checkpoint, random_init=args.random_init,
             calib_size=args.calib_size, export_eval_size=args.export_eval_size, onnx_int8_mode=args.onnx_int8_mode,
-            cpu_mhz=args.cpu_mhz, command=command_line(args),
+            cpu_mhz=args.cpu_mhz, command=command_line(args), export_only=args.export_only,
             log=(lambda m: None) if args.quiet else (lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)))
     except ValueError as e:
         raise UserError(str(e)) from None
     data = run_bench(cfg)
+    if args.export_only:
+        print(f"artifacts cached in {cfg.cache}")
+        return 0
     from farl_edge.bench.report import markdown
 
     print(markdown(data))
@@ -104,6 +107,8 @@ def register(subparsers) -> None:
     p.add_argument("--onnx-int8-mode", choices=["dynamic", "static"], default="dynamic",
                    help="ONNX Runtime INT8 flavour (default dynamic: the fastest measured)")
     p.add_argument("--cpu-mhz", type=float, help="clock for the floor (default: lscpu max MHz / /proc/cpuinfo)")
+    p.add_argument("--export-only", action="store_true",
+                   help="only fill the artifact cache (exports need no quiet machine; timing does)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench)
 

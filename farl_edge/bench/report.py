@@ -166,14 +166,14 @@ def plot_latency(data: dict, path: Path) -> None:
             vals = []
             for label in labels:
                 r = next((r for r in rows if f"{r['target']}\n{r['precision']}" == label and r["batch"] == b), None)
-                vals.append(r["median_ms"] / b if r and r.get("median_ms") else 0.0)
+                vals.append(r["median_ms"] / b if r and (r.get("median_ms") or 0) > 0 else 0.0)
             xs = [j + (i - (len(batches) - 1) / 2) * width for j in range(len(labels))]
             ax.bar(xs, vals, width, label=f"batch {b} (ms per face)")
             for x, v, label in zip(xs, vals, labels):
-                if v == 0:
+                if v == 0 and i == 0:
                     r = next((r for r in rows if f"{r['target']}\n{r['precision']}" == label), {})
-                    ax.text(x, 0, "n/a" if r.get("status") != "ok" else "", ha="center", va="bottom", fontsize=7,
-                            rotation=90)
+                    ax.text(x, 0.03, r.get("status", "n/a"), ha="center", va="bottom", fontsize=7, rotation=90,
+                            transform=ax.get_xaxis_transform(), color="gray")
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, fontsize=8)
         ax.set_ylabel("ms per face (median)")
@@ -190,7 +190,7 @@ def plot_latency(data: dict, path: Path) -> None:
 
 
 def _spread(rows) -> float:
-    vals = [r["median_ms"] / r["batch"] for r in rows if r.get("median_ms") and r["median_ms"] > 0]
+    vals = [r["median_ms"] / r["batch"] for r in rows if (r.get("median_ms") or 0) > 0]
     return max(vals) / min(vals) if vals else 1.0
 
 
@@ -232,6 +232,7 @@ def plot_pareto(data: dict, model: str, path: Path) -> None:
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no accuracy measured", ha="center", va="center", transform=ax.transAxes)
+    ax.yaxis.get_major_formatter().set_useOffset(False)
     ax.set_xlabel(f"latency ms (median, batch {b0})")
     ax.set_ylabel(f"{metric or 'metric'} (%)" + (" ↓ better" if metric == "nme_io" else " ↑ better"))
     ax.set_title(f"{model}: accuracy vs latency ({info.get('weights', '')[:60]})", fontsize=9)
