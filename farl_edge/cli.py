@@ -148,4 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main: subcommands raise farl_edge.cli.UserError, not __main__.UserError.
+    from farl_edge.cli import main as package_main
+
+    sys.exit(package_main())
