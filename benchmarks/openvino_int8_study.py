@@ -41,11 +41,13 @@ VARIANTS = ("f32", "bf16", "ptq-transformer-mixed", "ptq-transformer-performance
             "ptq-cnn-performance", "wc-int8-dynq")
 
 
-def build_variant(name: str, fp32_xml: Path, calib: list, work: Path, log):
+def build_variant(name: str, fp32_xml: Path, calib: list, work: Path, log, prebuilt: dict | None = None):
     """(path of the IR to compile, compile config) for a variant; quantised IRs cached in ``work``."""
     import nncf
     import openvino as ov
 
+    if prebuilt and name in prebuilt:
+        return prebuilt[name], {}
     if name == "f32":
         return fp32_xml, {"INFERENCE_PRECISION_HINT": "f32"}
     if name == "bf16":
@@ -129,6 +131,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--faces", type=int, default=8, help="faces for the cosine")
+    p.add_argument("--int8-ir", help="artifact folder of the bench's openvino int8 export: used as "
+                                     "ptq-transformer-mixed instead of quantising again")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -145,14 +149,18 @@ def main(argv=None) -> int:
     inputs = np.load(args.inputs)[: args.faces].astype(np.float32)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     calib = None
+    prebuilt = {}
+    if args.int8_ir:
+        m8 = json.loads((Path(args.int8_ir) / "manifest.json").read_text())
+        prebuilt["ptq-transformer-mixed"] = Path(args.int8_ir) / m8["model_file"]
     results, ref = [], None
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     for name in ["f32"] + [v for v in variants if v != "f32"]:
-        if calib is None and name not in ("f32", "bf16"):
+        if calib is None and name not in ("f32", "bf16", *prebuilt):
             faces = open_faces(args.calib, args.calib_size, purpose="calibration")
             calib = [faces.inputs(cfg)[i:i + 1] for i in range(len(faces))]
         log(f"variant {name}")
-        xml, config = build_variant(name, ir / manifest["model_file"], calib, work, log)
+        xml, config = build_variant(name, ir / manifest["model_file"], calib, work, log, prebuilt)
         r = run_variant(xml, config, inputs, args.threads, args.iters)
         outputs = r.pop("outputs")
         if name == "f32":
