@@ -2,8 +2,8 @@
 """The standard benchmark matrix of farl-edge, one `farl-edge bench` run per model.
 
 Models:
-- ``farl-b16-celebm-448`` (parsing) and ``farl-b16-300w-448`` (alignment): the full FaRL-B/16 at
-  448 px with **random weights** (FaRL's fine-tuned weights are not redistributed with the
+- ``farl-b16-celebm-448`` (parsing) and ``farl-b16-300w-448`` (alignment), each beside its
+  ``-edge`` variant (light head, issue 9): the full FaRL-B/16 at 448 px with **random weights** (FaRL's fine-tuned weights are not redistributed with the
   package): latency, memory, floor and parity (cosine, Δ against PyTorch fp32) are real, the task
   metric itself is not;
 - ``farl-small-300w``, ``farl-small-celebm`` and their ``-edge`` variants, with the trained weights
@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
-B16 = ["farl-b16-celebm-448", "farl-b16-300w-448"]
+B16 = ["farl-b16-celebm-448", "farl-b16-celebm-448-edge", "farl-b16-300w-448", "farl-b16-300w-448-edge"]
 SMALL = ["farl-small-300w", "farl-small-celebm", "farl-small-300w-edge", "farl-small-celebm-edge"]
 # Per-group settings: 448 px B/16 rows are seconds per call on 2 cores, so fewer iterations and
 # faces; the small models get the whole evaluation split (300-W test-helen: 330, CelebAMask-HQ val: 100).

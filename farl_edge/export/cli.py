@@ -13,7 +13,10 @@ from farl_edge.export.formats import FORMATS
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "export"
 RECIPE_KEYS = {"description", "target", "precision", "calib", "calib_size", "input_size", "batch", "max_drop",
                "int8_mode", "int8_op_types", "eval_data", "eval_size", "exporter", "inference_precision",
-               "tolerance", "tolerance_overrides", "keep_failed", "notes"}
+               "tolerance", "tolerance_overrides", "keep_failed", "require_validation", "notes",
+               # target-specific builder options (farl_edge.export.pipeline.BUILDER_OPTIONS)
+               "compute_capability", "max_batch", "opt_batch", "timing_cache", "builder_optimization_level",
+               "workspace_mb", "coreml_weights", "coreml_activations", "deployment_target"}
 DEFAULTS = {"precision": "fp32", "calib_size": 64, "batch": "1", "int8_mode": "static", "eval_size": 32}
 
 
@@ -68,12 +71,26 @@ def cmd_export(args) -> int:
             settings[key] = value
     if args.keep_failed:
         settings["keep_failed"] = True
+    if args.require_validation:
+        settings["require_validation"] = True
+    from farl_edge.export.pipeline import BUILDER_OPTIONS
+
+    all_options = sorted({o for opts in BUILDER_OPTIONS.values() for o in opts})
+    for key in all_options:
+        value = getattr(args, key, None)
+        if value is not None:
+            settings[key] = value
+    options = {k: settings[k] for k in all_options if settings.get(k) is not None}
     if args.int8_ops:
         settings["int8_op_types"] = [s.strip() for s in args.int8_ops.split(",") if s.strip()]
     if not settings.get("target"):
         raise UserError("pass --target (" + "|".join(FORMATS) + ") or --recipe")
     if settings["target"] not in FORMATS:
         raise UserError(f"unknown target {settings['target']!r}; known: {', '.join(FORMATS)}")
+    wrong = sorted(set(options) - set(BUILDER_OPTIONS.get(settings["target"], ())))
+    if wrong:
+        flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
+        raise UserError(f"{flags} do(es) not apply to --target {settings['target']}")
     if settings.get("calib") and not Path(settings["calib"]).is_dir():
         raise UserError(f"calibration folder {settings['calib']} does not exist" if not Path(settings["calib"]).exists()
                         else f"calibration data {settings['calib']} is not a folder")
@@ -91,6 +108,7 @@ def cmd_export(args) -> int:
             max_drop=settings.get("max_drop"), exporter=settings.get("exporter"),
             inference_precision=settings.get("inference_precision"), tolerance=settings.get("tolerance"),
             tolerance_overrides=settings.get("tolerance_overrides"), keep_failed=bool(settings.get("keep_failed")),
+            require_validation=bool(settings.get("require_validation")), options=options,
             force=args.force, recipe=recipe or None, log=log)
     except UnknownModelError as e:
         raise UserError(str(e)) from None
@@ -99,14 +117,64 @@ def cmd_export(args) -> int:
         where = "kept, marked failed" if settings.get("keep_failed") else "removed"
         print(f"farl-edge export: the artifact was {where}", file=sys.stderr)
         return 1
-    print(result.report.table())
-    print(f"exported {result.path} ({result.manifest['target']} {result.manifest['precision']}, "
-          f"{result.seconds:.0f} s)")
+    if result.report is not None:
+        print(result.report.table())
+        print(f"exported {result.path} ({result.manifest['target']} {result.manifest['precision']}, "
+              f"{result.seconds:.0f} s)")
+    else:
+        validation = result.manifest["validation"]
+        print(f"builder checks passed: {', '.join(validation['builder_checks']) or 'none'}")
+        print(f"exported {result.path} ({result.manifest['target']} {result.manifest['precision']}, "
+              f"{result.seconds:.0f} s) — UNVALIDATED: {validation['reason']}")
+        print(f"  on the target machine: farl-edge validate {result.path} --update")
     if args.json:
         from farl_edge.cli import _write_json_atomic
 
         _write_json_atomic(Path(args.json), {"path": str(result.path), "manifest": result.manifest})
     return 0
+
+
+def cmd_validate(args) -> int:
+    """Re-run the parity validation of an artifact here (e.g. an unvalidated engine on its GPU)."""
+    import platform
+
+    from farl_edge.cli import UserError
+    from farl_edge.export import manifest as mf
+    from farl_edge.export.validate import validate_artifact
+    from farl_edge.runtime import ArtifactError, read_manifest
+
+    folder = Path(args.artifact)
+    try:
+        manifest = read_manifest(folder)
+    except ArtifactError as e:
+        raise UserError(str(e)) from None
+    model = None
+    if args.checkpoint:
+        from farl_edge.export.pipeline import resolve_model
+
+        model, _ = resolve_model(manifest["model"]["name"], checkpoint=args.checkpoint,
+                                 input_size=int(manifest["input_size"]))
+    try:
+        report = validate_artifact(folder, model, eval_data=args.eval_data, eval_size=args.eval_size,
+                                   tolerance=args.tolerance, raise_on_fail=False)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    print(report.table())
+    verdict = "passed" if report.passed else "FAILED"
+    print(f"{folder}: validation {verdict} on {report.faces} faces ({manifest['target']} {manifest['precision']})")
+    if args.update:
+        previous = manifest.get("status")
+        manifest["status"] = "ok" if report.passed else "failed"
+        manifest["validation"] = {"tolerance_set": args.tolerance or manifest.get("validation", {}).get(
+            "tolerance_set") or manifest["precision"], "validated_on": platform.node(),
+                                  "previous_status": previous, **report.to_dict()}
+        if not report.passed:
+            manifest["failure"] = "validation failed: " + ", ".join(f"{c.stage}/{c.name}" for c in report.failed)
+        else:
+            manifest.pop("failure", None)
+        mf.write_manifest(folder, manifest)
+        print(f"manifest status: {previous} → {manifest['status']}")
+    return 0 if report.passed else 1
 
 
 def cmd_formats(args) -> int:
@@ -162,9 +230,37 @@ def register(subparsers) -> None:
     p.add_argument("--output", help="artifact folder (default artifacts/<model>-<target>-<precision>)")
     p.add_argument("--force", action="store_true", help="replace an existing artifact folder")
     p.add_argument("--keep-failed", action="store_true", help="keep an artifact that fails validation (marked failed)")
+    p.add_argument("--require-validation", action="store_true",
+                   help="refuse to publish an artifact this machine cannot run (default: publish it 'unvalidated')")
+    g = p.add_argument_group("tensorrt / tensorrt-rtx")
+    g.add_argument("--compute-capability", help="GPU architectures to build for, e.g. sm89 or sm86,sm89 "
+                                                "(tensorrt-rtx; default: the GPU here, else all supported)")
+    g.add_argument("--max-batch", type=int, help="--batch dynamic: profile max (default 16)")
+    g.add_argument("--opt-batch", type=int, help="--batch dynamic: profile opt (default min(8, max))")
+    g.add_argument("--timing-cache", help="timing cache file to reuse and update (tensorrt)")
+    g.add_argument("--builder-optimization-level", type=int, choices=range(0, 6), metavar="0-5")
+    g.add_argument("--workspace-mb", type=int, help="builder workspace limit")
+    g = p.add_argument_group("coreml")
+    g.add_argument("--coreml-weights", choices=["linear8", "palettize8", "palettize6", "palettize4"],
+                   help="weight compression (int8 default linear8; also applies to fp16)")
+    g.add_argument("--coreml-activations", choices=["auto", "int8", "fp16"],
+                   help="int8: auto = W8A8 where Core ML runs (macOS), else W8")
+    g.add_argument("--deployment-target", help="minimum deployment target, e.g. iOS17 (default iOS16, int8 iOS17)")
     p.add_argument("--json", help="write the manifest of the result here")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_export)
+
+    p = subparsers.add_parser("validate", help="compare an exported artifact with PyTorch on this machine",
+                              description="Run the export's parity validation on an existing artifact (names, "
+                                          "shapes, values, task metric) with this machine's runtime — e.g. a "
+                                          "TensorRT engine exported unvalidated on a CPU machine. Exit 1 on failure.")
+    p.add_argument("artifact", help="artifact folder")
+    p.add_argument("--checkpoint", help="the weights it was exported from (default: the manifest's record)")
+    p.add_argument("--eval-data", help="annotated faces (default ../shared/data test split)")
+    p.add_argument("--eval-size", type=int, default=32, help="faces (default 32)")
+    p.add_argument("--tolerance", choices=["fp32", "fp16", "bf16", "int8"], help="default: the export's")
+    p.add_argument("--update", action="store_true", help="write the result into the manifest (status ok / failed)")
+    p.set_defaults(func=cmd_validate)
 
     p = subparsers.add_parser("formats", help="list export targets, precisions and what is installed")
     p.add_argument("--json", action="store_true")

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 PACKAGE = "model.mlpackage"
+INPUT = "image"  # Core ML image input (apps feed CVPixelBuffers); the manifest's input name maps to it
 MODEL_FILE = f"{PACKAGE}/Manifest.json"  # a file the artifact's sha256 table can list (the package is a folder)
 AUTHOR = "farl-edge"
 LICENSE = "MIT (farl-edge code); model weights under the licence of their source (FaRL / data sets)"
@@ -108,7 +109,7 @@ def _metadata(ct_model, cfg, precision: str, target: str, details: dict) -> None
                  "alignment": f"face alignment, {cfg.num_landmarks} landmarks",
                  "backbone": "FaRL face image embedding"}[cfg.task]
     ct_model.short_description = f"{cfg.name}: {task_text} ({precision}). {cfg.description}".strip()
-    ct_model.input_description["image"] = (f"RGB face crop, {cfg.input_size}x{cfg.input_size}, prepared as "
+    ct_model.input_description[INPUT] = (f"RGB face crop, {cfg.input_size}x{cfg.input_size}, prepared as "
                                            f"farl-edge crops ({cfg.preprocess.get('warp', 'box')} warp)")
     out_text = {"logits": "per-class logits at 1/4 input resolution (B, C, S/4, S/4)",
                 "landmarks": "landmarks (B, K, 2), x then y, in input pixels",
@@ -159,7 +160,7 @@ def convert(model, precision: str = "fp16", *, output_names=None, target: str | 
         traced = torch.jit.trace(wrap(model), example)
         ml = ct.convert(
             traced,
-            inputs=[ct.ImageType(name="image", shape=(1, 3, s, s), scale=1.0 / 255.0, bias=[0.0, 0.0, 0.0],
+            inputs=[ct.ImageType(name=INPUT, shape=(1, 3, s, s), scale=1.0 / 255.0, bias=[0.0, 0.0, 0.0],
                                  color_layout=ct.colorlayout.RGB)],
             outputs=[ct.TensorType(name=n, dtype=np.float32) for n in names],
             convert_to="mlprogram",
@@ -214,7 +215,7 @@ def quantize_activations(ml, images) -> str:
 
     config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric"))
     with quiet():
-        return cto.linear_quantize_activations(ml, config, [{"image": im} for im in images])
+        return cto.linear_quantize_activations(ml, config, [{INPUT: im} for im in images])
 
 
 def inspect_package(path: str | Path) -> dict:
@@ -358,6 +359,27 @@ def export_package(model, dst: Path, precision: str, *, output_names=None, weigh
     return record
 
 
+def check_spec(summary: dict, export_cfg, precision: str) -> dict:
+    """The package's spec against what the manifest promises: I/O names and shapes, an RGB image
+    input, the compute precision, quantised weight ops for int8. Raises ParityError on a mismatch."""
+    from farl_edge.export.validate import ParityError, ParityReport, check_io
+
+    s = export_cfg.input_size
+    expected = {INPUT: [1, 3, s, s], **export_cfg.output_shapes()}
+    actual = {f["name"]: f["shape"] for f in summary["inputs"] + summary["outputs"]}
+    checked = check_io("Core ML package", expected, actual)
+    report = ParityReport()
+    image = summary["inputs"][0]
+    report.add("spec", "input type", f"{image['type']} {image.get('color', '')}".strip(), "image RGB", "==")
+    report.add("spec", "compute precision", summary["compute_precision"], "fp32" if precision == "fp32" else "fp16",
+               "==")
+    if precision == "int8":
+        report.add("spec", "quantised weight ops", sum(summary["quantized_weight_ops"].values()), 1, ">=")
+    if not report.passed:
+        raise ParityError(report, what="Core ML package spec")
+    return {"io": checked, **{c.name: c.measured for c in report.checks}}
+
+
 def build(job):
     """Builder of target ``coreml`` (see farl_edge.export.formats)."""
     from farl_edge.export.formats import BuildResult
@@ -375,7 +397,6 @@ def build(job):
                             target=opts.get("deployment_target"), calibration_batches=batches,
                             activations=opts.get("coreml_activations", "auto"), log=job.log)
     job.log(f"Core ML package {record['package_bytes'] / 1e6:.1f} MB, target {record['deployment_target']}")
-    ok, why = can_predict()
-    record["parity"] = "run on macOS by the coreml backend" if ok else f"not run here: {why}"
-    return BuildResult(model_file=MODEL_FILE, opset=None, info=record,
+    spec = check_spec({**record["spec"], "ops": record["ops"]}, job.export_cfg, job.precision)
+    return BuildResult(model_file=MODEL_FILE, opset=None, info=record, checks={"spec": spec},
                        runtime_options={"compute_units": "ALL"})

@@ -75,6 +75,7 @@ class BuildResult:
     opset: int | None = None
     info: dict = field(default_factory=dict)  # exporter details for the manifest ("build")
     tolerance: str | None = None  # tolerance set to validate with, when not the precision's own
+    checks: dict = field(default_factory=dict)  # the builder's own checks (they passed; it raises otherwise)
 
 
 FORMATS: dict[str, Format] = {}

@@ -20,7 +20,7 @@ from typing import Iterator
 from farl_edge.runtime import ARTIFACT_FORMAT, FORMAT_VERSION, MANIFEST_NAME, sha256_file
 
 LIBRARIES = ("farl-edge", "torch", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "numpy", "opencv-python",
-             "opencv-python-headless")
+             "opencv-python-headless", "coremltools", "tensorrt", "tensorrt-rtx-cu12-bindings", "nvidia-modelopt")
 
 
 def library_versions() -> dict[str, str]:

@@ -3,6 +3,12 @@
 resolve model → check format/precision/output → evaluation faces → calibration faces (int8)
 → builder (formats table) → manifest → open with the runtime → validate against PyTorch
 → publish (rename the staging folder) or remove / keep marked failed.
+
+Artifacts whose runtime cannot run on the exporting machine (a TensorRT engine without an NVIDIA
+GPU, a Core ML package off macOS) are published with status ``unvalidated``: the builder's own
+checks passed (prepared ONNX graph against PyTorch on ONNX Runtime, the Core ML spec), the
+parity run is pending, and ``farl-edge validate ARTIFACT`` does it on the target machine.
+``require_validation=True`` (``--require-validation``) refuses such artifacts instead.
 """
 from __future__ import annotations
 
@@ -22,13 +28,25 @@ from farl_edge.registry import ModelConfig, weights_path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
+# Target-specific builder options (export(options=...), recipe keys, CLI flags).
+_TRT_OPTIONS = ("compute_capability", "max_batch", "opt_batch", "timing_cache", "builder_optimization_level",
+                "workspace_mb")
+BUILDER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "tensorrt": _TRT_OPTIONS, "tensorrt-rtx": _TRT_OPTIONS,
+    "coreml": ("coreml_weights", "coreml_activations", "deployment_target"),
+}
+
 
 @dataclass
 class ExportResult:
     path: Path
     manifest: dict
-    report: ParityReport
+    report: ParityReport | None  # None when the runtime cannot run here (status "unvalidated")
     seconds: float
+
+    @property
+    def status(self) -> str:
+        return self.manifest["status"]
 
 
 def default_output(model_name: str, target: str, precision: str, root: Path | None = None) -> Path:
@@ -71,8 +89,13 @@ def export(model, target: str, precision: str = "fp32", *, output: str | Path | 
            eval_size: int = 32, int8_mode: str = "static", int8_op_types=None, max_drop: float | None = None,
            exporter: str | None = None, inference_precision: str | None = None, tolerance: str | None = None,
            tolerance_overrides: dict | None = None, keep_failed: bool = False, force: bool = False,
-           recipe: dict | None = None, log: Callable[[str], None] = print) -> ExportResult:
+           require_validation: bool = False, options: dict | None = None, recipe: dict | None = None,
+           log: Callable[[str], None] = print) -> ExportResult:
     """Export one model to one target/precision, validate it, and publish the artifact folder.
+
+    ``options``: target-specific builder options (see ``BUILDER_OPTIONS``), e.g.
+    ``{"compute_capability": "sm89", "max_batch": 16}`` for TensorRT or
+    ``{"coreml_weights": "palettize6"}`` for Core ML.
 
     Raises ValueError for bad requests (before anything is written), ParityError when the
     artifact fails validation (folder removed, or kept and marked failed with ``keep_failed``).
@@ -86,6 +109,18 @@ def export(model, target: str, precision: str = "fp32", *, output: str | Path | 
         raise ValueError(f"unknown tolerance set {tolerance!r}")
     if calib_size < 1 or eval_size < 1:
         raise ValueError("--calib-size and --eval-size must be >= 1")
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(BUILDER_OPTIONS.get(target, ())))
+    if unknown:
+        raise ValueError(f"target {target!r} takes no option {', '.join(unknown)}; its options: "
+                         f"{', '.join(BUILDER_OPTIONS.get(target, ())) or 'none'}")
+    from farl_edge.runtime.backends import backend_available
+
+    can_run, why_not = backend_available(fmt.backend)
+    if require_validation and not can_run:
+        raise ValueError(f"{target} artifacts cannot be validated on this machine ({why_not}); drop "
+                         f"--require-validation to publish it unvalidated and run `farl-edge validate` "
+                         f"on the target machine")
     net, weights = resolve_model(model, checkpoint, pretrained, input_size)
     cfg = net.cfg
     ecfg = export_config(cfg, batch=batch, **({"exporter": exporter} if exporter else {}))
@@ -107,7 +142,7 @@ def export(model, target: str, precision: str = "fp32", *, output: str | Path | 
         job = BuildJob(model=net, cfg=cfg, export_cfg=ecfg, precision=precision, folder=staging, workdir=Path(work),
                        calibration=calibration, evaluation=evaluation, log=log,
                        options={"int8_mode": int8_mode, "int8_op_types": int8_op_types, "max_drop": max_drop,
-                                "exporter": exporter, "inference_precision": inference_precision})
+                                "exporter": exporter, "inference_precision": inference_precision, **options})
         t0 = time.time()
         built = fmt.load_builder()(job)
         timings = {"build_s": round(time.time() - t0, 1)}
@@ -126,11 +161,24 @@ def export(model, target: str, precision: str = "fp32", *, output: str | Path | 
             outputs=[{"name": n, "shape": s, "dtype": "float32"}
                      for n, s in ecfg.output_shapes(cfg.vision.get("output_dim")).items()],
             weights=weights, runtime={"backend": fmt.backend, "options": built.runtime_options},
-            build={"int8_mode": int8_mode if precision == "int8" else None, **built.info},
+            build={"int8_mode": int8_mode if precision == "int8" else None, **built.info,
+                   **({"options": options} if options else {})},
             calibration=calibration.describe() if calibration is not None else None,
             recipe=recipe,
         )
         mf.write_manifest(staging, manifest)
+        if not can_run:
+            # The builder's own checks passed (it raises otherwise); the parity run needs the target.
+            manifest["status"] = "unvalidated"
+            manifest["validation"] = {"status": "pending", "reason": f"{fmt.backend} cannot run here: {why_not}",
+                                      "tolerance_set": tol_name, "builder_checks": built.checks,
+                                      "how": f"farl-edge validate {dest.name} --update  (on the target machine)"}
+            timings["total_s"] = round(time.time() - started, 1)
+            manifest["timings"] = timings
+            mf.write_manifest(staging, manifest)
+            mf.publish(staging, dest, overwrite=force)
+            log(f"published unvalidated: {why_not}")
+            return ExportResult(dest, manifest, None, time.time() - started)
         log(f"validating against PyTorch on {len(evaluation)} faces ({evaluation.source}), tolerance {tol_name}")
         t0 = time.time()
         try:

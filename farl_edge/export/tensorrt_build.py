@@ -329,7 +329,7 @@ def _export_onnx(job, dst: Path) -> dict:
 
 
 def _build(job, flavour_name: str):
-    from farl_edge.export import tensorrt_prepare
+    from farl_edge.export import tensorrt_prepare, validate
     from farl_edge.export.formats import BuildResult
 
     flavour = load_flavour(flavour_name)
@@ -372,10 +372,15 @@ def _build(job, flavour_name: str):
         log=job.log)
     record.pop("header", None)
     info["engine"] = record
+    expected = {job.export_cfg.input_name: job.export_cfg.input_shape(),
+                **job.export_cfg.output_shapes(job.cfg.vision.get("output_dim"))}
+    network = record["network"]
+    engine_io = validate.check_io(f"{flavour.name} engine", expected, {**network["inputs"], **network["outputs"]})
     info["files"] = {"engine": ENGINE_FILE, "source_onnx": ONNX_FILE, "build_log": LOG_FILE,
                      **({"timing_cache": TIMING_CACHE_FILE} if flavour.timing_cache else {})}
     job.log(f"engine {record['engine_bytes'] / 1e6:.1f} MB in {record['build_s']} s")
     return BuildResult(model_file=ENGINE_FILE, opset=job.export_cfg.opset, info=info,
+                       checks={"prepared_graph": info["prepared_check"], "engine_io": engine_io},
                        runtime_options={"device": 0})
 
 

@@ -8,6 +8,7 @@ meaningless). Any failed check raises :class:`ParityError`, whose message is the
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -215,6 +216,24 @@ def _task_parsing(report, cfg, samples, ref_preds, cand_preds, tol: Tolerance) -
                f"{metrics['reference']['f1_mean']:.3f} → {metrics['artifact']['f1_mean']:.3f}")
 
 
+def check_io(what: str, expected: dict[str, list], actual: dict[str, list]) -> dict:
+    """Names, then shapes, of a built artifact's inputs/outputs (symbolic and -1 dims both read 'dynamic').
+
+    For builders whose artifact cannot run here: the structural half of the validator. Raises
+    :class:`ParityError` (names/shapes table) on a mismatch; returns ``{name: shape}`` checked.
+    """
+    report = ParityReport()
+    report.add("names", "inputs/outputs", sorted(actual), sorted(expected), "==")
+    if report.passed:
+        for name, want in expected.items():
+            got = [d if isinstance(d, int) and d >= 0 else "dynamic" for d in actual[name]]
+            want = [d if isinstance(d, int) else "dynamic" for d in want]
+            report.add("shapes", name, got, want, "==")
+    if not report.passed:
+        raise ParityError(report, what=what)
+    return {name: list(actual[name]) for name in expected}
+
+
 def validate_artifact(path, model=None, *, eval_data=None, eval_size: int = 32, tolerance: str | None = None,
                       tolerance_overrides: dict | None = None, raise_on_fail: bool = True) -> ParityReport:
     """Re-run the parity validation of an existing artifact folder against its PyTorch model.
@@ -237,7 +256,9 @@ def validate_artifact(path, model=None, *, eval_data=None, eval_size: int = 32, 
         if weights.get("source") not in ("shipped", "checkpoint"):
             raise ValueError(f"{path}: exported from {weights.get('source', 'unknown')} weights; pass model=")
         model, _ = resolve_model(cfg.name, checkpoint=weights.get("path"), input_size=cfg.input_size)
-    session = load(path, allow_failed=True)
+    with warnings.catch_warnings():  # the "unvalidated" warning: this is the validation
+        warnings.simplefilter("ignore")
+        session = load(path, allow_failed=True)
     ecfg = export_config(cfg, batch=session.batch)
     tol_name = tolerance or manifest.get("validation", {}).get("tolerance_set") or manifest["precision"]
     faces = evaluation_set(cfg, eval_data, eval_size)

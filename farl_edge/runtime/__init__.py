@@ -100,6 +100,11 @@ class Session:
     def precision(self) -> str:
         return self.manifest["precision"]
 
+    @property
+    def validated(self) -> bool:
+        """True when the export's parity validation ran and passed (status ``ok``)."""
+        return self.manifest.get("status") == "ok"
+
     def __repr__(self) -> str:
         return (f"Session({self.config.name}, {self.manifest['target']} {self.precision}, backend={self.backend}, "
                 f"options={self.options})")
@@ -135,6 +140,8 @@ def load(artifact_dir: str | Path, *, backend: str | None = None, verify: bool =
 
     ``verify``: check every file's sha256 against the manifest (ArtifactError on mismatch).
     ``allow_failed``: open an artifact whose validation failed (kept with ``--keep-failed``).
+    Artifacts with status ``unvalidated`` (exported where their runtime cannot run) open; check
+    ``session.validated`` or run ``farl-edge validate`` first.
     ``options``: backend options over the manifest's ``runtime.options`` (e.g. ``threads=2``,
     ``inference_precision="f32"`` for OpenVINO, ``optimization_level="all"`` for ONNX Runtime).
     """
@@ -143,10 +150,18 @@ def load(artifact_dir: str | Path, *, backend: str | None = None, verify: bool =
     path = Path(artifact_dir)
     manifest = read_manifest(path)
     status = manifest.get("status")
-    if status != "ok" and not allow_failed:
+    # "unvalidated": built and structurally checked where its runtime could not run (see
+    # farl_edge.export.pipeline); it opens, and `farl-edge validate` completes it here.
+    if status not in ("ok", "unvalidated") and not allow_failed:
         why = manifest.get("failure", "")
         raise ArtifactError(f"artifact {path} is marked {status!r}{': ' + why if why else ''} "
                             f"(pass allow_failed=True to open it anyway)")
+    if status == "unvalidated":
+        import warnings
+
+        warnings.warn(f"{path} was exported where its runtime could not run: it has not been compared with PyTorch "
+                      f"yet ({manifest.get('validation', {}).get('reason', '')}); run `farl-edge validate {path} "
+                      f"--update` on this machine", stacklevel=2)
     if verify:
         verify_files(path, manifest)
     name = backend or manifest["backend"]

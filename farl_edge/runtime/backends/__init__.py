@@ -34,12 +34,16 @@ def get_backend(name: str) -> ModuleType:
     return module
 
 
+def backend_available(name: str) -> tuple[bool, str]:
+    """(can this machine run backend ``name``, why not)."""
+    if name not in BACKENDS:
+        return False, f"unknown runtime backend {name!r}"
+    try:
+        return importlib.import_module(BACKENDS[name]).available()
+    except ImportError as e:
+        return False, str(e)
+
+
 def available_backends() -> dict[str, tuple[bool, str]]:
     """{name: (available, reason)} for every registered backend."""
-    out = {}
-    for name, path in BACKENDS.items():
-        try:
-            out[name] = importlib.import_module(path).available()
-        except ImportError as e:
-            out[name] = (False, str(e))
-    return out
+    return {name: backend_available(name) for name in BACKENDS}
