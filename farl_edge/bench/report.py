@@ -97,7 +97,7 @@ def markdown(data: dict) -> str:
             lines.append("| " + " | ".join(h for _, h, _ in cols) + " | notes |")
             lines.append("|" + " --- |" * (len(cols) + 1))
             for r in srows:
-                if r["status"] in ("unavailable", "failed"):
+                if r["status"] in ("unavailable", "failed", "unreliable"):
                     cells = [_fmt(r.get(k), f) if k in ("target", "precision", "batch") else "–" for k, _, f in cols]
                     note = f"**{r['status']}**: {r['reason']}"
                 else:

@@ -124,7 +124,7 @@ class Row:
     precision: str
     stage: str
     batch: int
-    status: str = "planned"  # ok | unavailable | failed | derived
+    status: str = "planned"  # ok | unavailable | failed | derived | unreliable
     reason: str = ""
     notes: list[str] = field(default_factory=list)
     data: dict = field(default_factory=dict)  # measured + derived values (report columns)
@@ -442,8 +442,10 @@ def derive(rows: list[Row], infos: dict, cpu: hardware.CpuInfo, threads: int, ba
                     r.data["fps"] = 1000.0 * r.batch / diff
                     r.notes.append("derived: full − backbone medians")
                 else:
-                    r.status, r.reason = "failed", (f"derived head time is not positive (full {full.data['median_ms']:.1f} "
-                                                    f"ms, backbone {bb.data['median_ms']:.1f} ms): timing noise")
+                    # A measurement that says nothing, not a broken row: reported, not counted as failed.
+                    r.status, r.reason = "unreliable", (
+                        f"derived head time is not positive (full {full.data['median_ms']:.1f} ms, backbone "
+                        f"{bb.data['median_ms']:.1f} ms): timing noise; rerun on an idle machine")
             else:
                 r.status, r.reason = "failed", "needs measured full and backbone rows"
     for r in rows:
