@@ -20,6 +20,7 @@ Usage::
     python benchmarks/run_standard_matrix.py                 # everything (about 2-3 h on 2 cores)
     python benchmarks/run_standard_matrix.py --only small    # the small trained models
     python benchmarks/run_standard_matrix.py --only farl-b16-celebm-448 --batch 1,4
+    python benchmarks/run_standard_matrix.py --index-only    # README.md + summary.json from the folders
 
 Run it on an otherwise idle machine: the numbers are only as quiet as the host.
 """
@@ -82,6 +83,13 @@ def run_model(name: str, group: str, out: Path, cache: Path, args) -> dict:
     t0 = time.time()
     rc = subprocess.call(cmd, stdout=subprocess.DEVNULL if args.quiet else None)
     return {"model": name, "rc": rc, "seconds": round(time.time() - t0), "command": " ".join(shlex.quote(c) for c in cmd)}
+
+
+def from_folder(path: Path) -> dict:
+    """The run record of a model folder written by an earlier run (its command.txt and bench.json)."""
+    data = json.loads((path / "bench.json").read_text())
+    command = (path / "command.txt").read_text().strip() if (path / "command.txt").is_file() else data["command"]
+    return {"model": path.name, "rc": 0, "seconds": round(data.get("seconds") or 0), "command": command}
 
 
 def _fmt(v, spec):
@@ -224,6 +232,8 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "farl-edge-bench"))
     p.add_argument("--export-only", action="store_true", help="fill the artifact cache only (no timing, no report)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--index-only", action="store_true",
+                   help="rebuild README.md / summary.json from the model folders already measured (no runs)")
     args = p.parse_args(argv)
 
     wanted = [("b16", m) for m in B16] + [("small", m) for m in SMALL]
@@ -231,6 +241,15 @@ def main(argv=None) -> int:
         keys = [k.strip() for k in args.only.split(",")]
         wanted = [(g, m) for g, m in wanted if g in keys or m in keys]
     folder = Path(args.results) / machine_class(args.threads)
+    if args.index_only:
+        found = [from_folder(folder / m) for _, m in wanted if (folder / m / "bench.json").is_file()]
+        if not found:
+            print(f"no measured model folders under {folder}", file=sys.stderr)
+            return 2
+        write_index(folder, found, [])
+        (folder / "runs.json").write_text(json.dumps(found, indent=1) + "\n")
+        print(f"index: {folder / 'README.md'} ({len(found)} models)")
+        return 0
     runs, skipped = [], []
     for group, name in wanted:
         if group == "small" and not has_weights(name):
