@@ -74,3 +74,29 @@ def test_openvino_int8_accuracy_control(tmp_path):
     m = assert_artifact_ok(out, "openvino", "int8")
     ac = m["build"]["quantization"]["accuracy_control"]
     assert ac == {"metric": "nme_io", "max_drop": 0.5, "faces": 16}
+
+
+def test_int8_op_types_map_to_nncf_ignored_types():
+    from farl_edge.export.openvino_export import ignored_op_types
+
+    assert ignored_op_types(None) == [] and ignored_op_types(["all"]) == []
+    assert ignored_op_types(["MatMul"]) == ["Convolution", "GroupConvolution", "ConvolutionBackpropData",
+                                            "GroupConvolutionBackpropData"]
+    assert ignored_op_types(["MatMul", "Conv"]) == ["ConvolutionBackpropData", "GroupConvolutionBackpropData"]
+    with pytest.raises(ValueError, match="openvino --int8-ops takes"):
+        ignored_op_types(["Gemm"])
+
+
+@pytest.mark.slow
+def test_openvino_int8_matmul_only(tmp_path):
+    """--int8-ops MatMul: the transformer's matmuls in int8, every convolution left in float."""
+    out = tmp_path / "ov-int8-mm"
+    run_export(PARSE, "openvino", "int8", out, int8_op_types=["MatMul"])
+    m = assert_artifact_ok(out, "openvino", "int8")
+    assert "Convolution" in m["build"]["quantization"]["float_op_types"]
+    model = ov.Core().read_model(str(out / "model.xml"))
+    quantized_convs = [op for op in model.get_ops() if op.get_type_name() in ("Convolution", "ConvolutionBackpropData")
+                       and any(v.get_node().get_type_name() == "FakeQuantize" for v in op.input_values())]
+    quantized_matmuls = [op for op in model.get_ops() if op.get_type_name() == "MatMul"
+                         and any(v.get_node().get_type_name() == "FakeQuantize" for v in op.input_values())]
+    assert quantized_convs == [] and len(quantized_matmuls) >= 12

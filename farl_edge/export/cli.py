@@ -215,8 +215,8 @@ def register(subparsers) -> None:
                                    "(default: ../shared/data train split)")
     p.add_argument("--calib-size", type=int, help="calibration faces (default 64)")
     p.add_argument("--int8-mode", choices=["static", "dynamic"], help="onnx int8: static QDQ (default) or dynamic")
-    p.add_argument("--int8-ops", help="onnx static int8: op types to quantise, comma-separated, or 'all' "
-                                        "(default MatMul,Conv,ConvTranspose)")
+    p.add_argument("--int8-ops", help="onnx static / openvino / tensorrt int8: ONNX op types to quantise, "
+                                        "comma-separated (MatMul,Conv,ConvTranspose), or 'all'; the rest stays float")
     p.add_argument("--max-drop", type=float, help="openvino int8: accuracy-controlled PTQ, max metric drop "
                                                   "(NME_io or F1 points)")
     p.add_argument("--input-size", type=int, help="input size (position embeddings resized once)")

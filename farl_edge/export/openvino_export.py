@@ -93,19 +93,36 @@ def output_tail(ov_model) -> list[str]:
     return tail
 
 
+# ONNX op types (the --int8-ops vocabulary shared with ONNX Runtime / TensorRT) → OpenVINO op types.
+OV_OP_TYPES = {"MatMul": ("MatMul",), "Conv": ("Convolution", "GroupConvolution"),
+               "ConvTranspose": ("ConvolutionBackpropData", "GroupConvolutionBackpropData")}
+
+
+def ignored_op_types(int8_op_types) -> list[str]:
+    """OpenVINO op types NNCF must leave in float when only ``int8_op_types`` are to be quantised."""
+    if not int8_op_types or list(int8_op_types) == ["all"]:
+        return []
+    unknown = sorted(set(int8_op_types) - set(OV_OP_TYPES))
+    if unknown:
+        raise ValueError(f"openvino --int8-ops takes {', '.join(OV_OP_TYPES)} or 'all', not {', '.join(unknown)}")
+    return [t for onnx_type, ov_types in OV_OP_TYPES.items() if onnx_type not in int8_op_types for t in ov_types]
+
+
 def quantize_nncf(ov_model, calibration, cfg, export_cfg, *, max_drop: float | None = None, evaluation=None,
-                  log=print) -> tuple[object, dict]:
+                  int8_op_types=None, log=print) -> tuple[object, dict]:
     """NNCF post-training INT8 (transformer preset: SmoothQuant), or accuracy-controlled when
-    ``max_drop`` is given (task metric on ``evaluation``: NME_io for alignment, F1 for parsing)."""
+    ``max_drop`` is given (task metric on ``evaluation``: NME_io for alignment, F1 for parsing).
+    ``int8_op_types``: quantise only these ONNX op types (the others stay at the device's float)."""
     import nncf
 
     batch = export_cfg.batch or 1
     data = list(calibration.batches(cfg, batch))
     calib = nncf.Dataset(data)
     tail = output_tail(ov_model)
-    ignored = nncf.IgnoredScope(names=tail, validate=False) if tail else None
+    float_types = ignored_op_types(int8_op_types)
+    ignored = nncf.IgnoredScope(names=tail, types=float_types, validate=False) if tail or float_types else None
     info = {"tool": "nncf", "version": nncf.__version__, "model_type": "TRANSFORMER", "preset": "MIXED",
-            "calibration_batches": len(data), "ignored": tail}
+            "calibration_batches": len(data), "ignored": tail, "float_op_types": float_types}
     with _quiet():
         if max_drop is None:
             q = nncf.quantize(ov_model, calib, model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
@@ -179,7 +196,7 @@ def build(job: BuildJob) -> BuildResult:
         job.log(f"NNCF INT8 PTQ, {len(job.calibration)} calibration faces")
         ov_model, info["quantization"] = quantize_nncf(ov_model, job.calibration, job.cfg, job.export_cfg,
                                                        max_drop=opts.get("max_drop"), evaluation=job.evaluation,
-                                                       log=job.log)
+                                                       int8_op_types=opts.get("int8_op_types"), log=job.log)
     device_default = default_inference_precision()
     # What the artifact is validated (and by default run) with: fp32 means f32 (not the silent
     # bf16 of AMX CPUs); fp16 = fp16-compressed weights computed in f32; int8 leaves the float
