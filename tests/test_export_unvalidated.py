@@ -72,17 +72,24 @@ def test_require_validation_refuses_before_building(tmp_path, capsys):
 # unvalidated artifacts end to end through the CLI
 # ------------------------------------------------------------------------------------------
 
+def _export_unvalidated(capsys, out, *args) -> tuple[str, dict]:
+    """`farl-edge export ... --output out`: exit 0, status unvalidated; (stdout, manifest)."""
+    rc = main(["export", "--model", ALIGN, *args, "--output", str(out), "--quiet", *_eval_args()])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    m = read_manifest(out)
+    assert m["status"] == "unvalidated" and m["validation"]["status"] == "pending"
+    return text, m
+
+
 @pytest.mark.skipif(TRT_RUNS_HERE, reason="a TensorRT runtime is present: the engine would be validated")
 @pytest.mark.skipif(not HAS_RTX, reason="TensorRT for RTX not installed")
 def test_tensorrt_rtx_export_is_published_unvalidated(tmp_path, capsys):
     out = tmp_path / "rtx-fp16"
-    rc = main(["export", "--model", ALIGN, "--target", "tensorrt-rtx", "--precision", "fp16",
-               "--compute-capability", "sm89", "--output", str(out), "--quiet", *_eval_args()])
-    text = capsys.readouterr().out
-    assert rc == 0, text
+    text, m = _export_unvalidated(capsys, out, "--target", "tensorrt-rtx", "--precision", "fp16",
+                                  "--compute-capability", "sm89")
     assert "UNVALIDATED" in text and f"farl-edge validate {out} --update" in text
-    m = read_manifest(out)
-    assert m["status"] == "unvalidated" and m["target"] == "tensorrt-rtx"
+    assert m["target"] == "tensorrt-rtx"
     assert {"model.engine", "model.onnx", "build.log"} <= set(m["files"])
     checks = m["validation"]["builder_checks"]
     assert checks["prepared_graph"]["parity"]["passed"] and checks["prepared_graph"]["onnx_checker"] == "ok"
@@ -104,13 +111,9 @@ def test_tensorrt_rtx_export_is_published_unvalidated(tmp_path, capsys):
 @pytest.mark.skipif(COREML_RUNS_HERE, reason="Core ML runs here: the package would be validated")
 @pytest.mark.skipif(not HAS_COREML, reason="coremltools not installed")
 def test_coreml_export_is_published_unvalidated(tmp_path, capsys):
-    out = tmp_path / "coreml-int8"
-    rc = main(["export", "--model", ALIGN, "--target", "coreml", "--precision", "int8",
-               "--coreml-weights", "palettize6", "--output", str(out), "--quiet", *_eval_args()])
-    text = capsys.readouterr().out
-    assert rc == 0, text
-    m = read_manifest(out)
-    assert m["status"] == "unvalidated" and "macOS" in m["validation"]["reason"]
+    _, m = _export_unvalidated(capsys, tmp_path / "coreml-int8", "--target", "coreml", "--precision", "int8",
+                               "--coreml-weights", "palettize6")
+    assert "macOS" in m["validation"]["reason"]
     spec = m["validation"]["builder_checks"]["spec"]
     assert spec["io"] == {"image": [1, 3, 224, 224], "landmarks": [1, 68, 2], "heatmaps": [1, 68, 56, 56]}
     assert spec["compute precision"] == "fp16" and spec["quantised weight ops"] > 0
