@@ -8,15 +8,13 @@ import json
 import sys
 from pathlib import Path
 
-from farl_edge.export.formats import FORMATS
+from farl_edge.export.formats import ALL_BUILDER_OPTIONS, FORMATS
 
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "export"
 RECIPE_KEYS = {"description", "target", "precision", "calib", "calib_size", "input_size", "batch", "max_drop",
                "int8_mode", "int8_op_types", "eval_data", "eval_size", "exporter", "inference_precision",
                "tolerance", "tolerance_overrides", "keep_failed", "require_validation", "notes",
-               # target-specific builder options (farl_edge.export.pipeline.BUILDER_OPTIONS)
-               "compute_capability", "max_batch", "opt_batch", "timing_cache", "builder_optimization_level",
-               "workspace_mb", "coreml_weights", "coreml_activations", "deployment_target"}
+               *ALL_BUILDER_OPTIONS}
 DEFAULTS = {"precision": "fp32", "calib_size": 64, "batch": "1", "int8_mode": "static", "eval_size": 32}
 
 
@@ -73,9 +71,7 @@ def cmd_export(args) -> int:
         settings["keep_failed"] = True
     if args.require_validation:
         settings["require_validation"] = True
-    from farl_edge.export.pipeline import BUILDER_OPTIONS
-
-    all_options = sorted({o for opts in BUILDER_OPTIONS.values() for o in opts})
+    all_options = sorted(ALL_BUILDER_OPTIONS)
     for key in all_options:
         value = getattr(args, key, None)
         if value is not None:
@@ -87,7 +83,7 @@ def cmd_export(args) -> int:
         raise UserError("pass --target (" + "|".join(FORMATS) + ") or --recipe")
     if settings["target"] not in FORMATS:
         raise UserError(f"unknown target {settings['target']!r}; known: {', '.join(FORMATS)}")
-    wrong = sorted(set(options) - set(BUILDER_OPTIONS.get(settings["target"], ())))
+    wrong = sorted(set(options) - set(FORMATS[settings["target"]].options))
     if wrong:
         flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
         raise UserError(f"{flags} do(es) not apply to --target {settings['target']}")
@@ -169,7 +165,7 @@ def cmd_validate(args) -> int:
             "tolerance_set") or manifest["precision"], "validated_on": platform.node(),
                                   "previous_status": previous, **report.to_dict()}
         if not report.passed:
-            manifest["failure"] = "validation failed: " + ", ".join(f"{c.stage}/{c.name}" for c in report.failed)
+            manifest["failure"] = report.failure
         else:
             manifest.pop("failure", None)
         mf.write_manifest(folder, manifest)

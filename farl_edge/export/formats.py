@@ -24,6 +24,7 @@ class Format:
     requires: tuple[str, ...] = ()  # importable modules the builder needs
     description: str = ""
     int8_modes: tuple[str, ...] = ("static",)
+    options: tuple[str, ...] = ()  # target-specific builder options (export(options=...), recipe keys, CLI flags)
     notes: dict = field(default_factory=dict)
 
     def missing(self) -> list[str]:
@@ -107,6 +108,8 @@ register_format(Format(
     description="OpenVINO IR (model.xml + model.bin); fp16 = fp16-compressed weights; int8 = NNCF PTQ",
     int8_modes=("static",),
 ))
+TRT_OPTIONS = ("compute_capability", "max_batch", "opt_batch", "timing_cache", "builder_optimization_level",
+               "workspace_mb")
 # TensorRT / Core ML (issue 6). notes: build_needs / run_needs (hardware, for `farl-edge formats`),
 # build_check ("module:function" → (ok, reason): what besides the modules this machine lacks).
 register_format(Format(
@@ -114,6 +117,7 @@ register_format(Format(
     backend="tensorrt", extra="tensorrt", requires=("torch", "onnx", "onnxruntime", "tensorrt"),
     description="TensorRT 10/11 engine (strongly typed): fp16 / int8 Q/DQ applied to the ONNX graph first "
                 "(ModelOpt where installed, else ONNX Runtime tools); engine + source ONNX + build log + timing cache",
+    options=TRT_OPTIONS,
     notes={"build_needs": "NVIDIA GPU", "run_needs": "NVIDIA GPU (same TensorRT version and GPU)",
            "build_check": "farl_edge.export.tensorrt_build:can_build_here"},
 ))
@@ -123,6 +127,7 @@ register_format(Format(
     requires=("torch", "onnx", "onnxruntime", "tensorrt_rtx_bindings"),
     description="TensorRT for RTX engine, built ahead of time for chosen compute capabilities (also on a CPU-only "
                 "machine); same graph preparation as tensorrt",
+    options=TRT_OPTIONS,
     notes={"build_needs": "CPU (ahead of time)", "run_needs": "NVIDIA GPU (RTX / compute capability built for)",
            "build_check": "farl_edge.export.tensorrt_build:can_build_rtx_here"},
 ))
@@ -131,5 +136,11 @@ register_format(Format(
     backend="coreml", extra="export", requires=("torch", "coremltools"),
     description="Core ML ML program (.mlpackage), image input; int8 = 8-bit weights (+ 8-bit activations, W8A8, "
                 "where calibration can run); checked structurally on Linux, predicted on macOS",
+    options=("coreml_weights", "coreml_activations", "deployment_target"),
     notes={"build_needs": "CPU (any OS; W8A8 calibration on macOS)", "run_needs": "macOS / iOS (Core ML)"},
 ))
+
+# target → its builder options, and every option any target takes (recipe keys, CLI flags);
+# derived once from the formats registered above.
+BUILDER_OPTIONS: dict[str, tuple[str, ...]] = {f.target: f.options for f in FORMATS.values() if f.options}
+ALL_BUILDER_OPTIONS: frozenset[str] = frozenset(o for f in FORMATS.values() for o in f.options)

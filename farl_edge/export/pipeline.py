@@ -22,19 +22,11 @@ from typing import Callable
 from farl_edge.export import manifest as mf
 from farl_edge.export.calibration import calibration_set, evaluation_set
 from farl_edge.export.config import TOLERANCES, export_config
-from farl_edge.export.formats import BuildJob, get_format
+from farl_edge.export.formats import BUILDER_OPTIONS, BuildJob, get_format  # noqa: F401 (re-exported)
 from farl_edge.export.validate import ParityError, ParityReport, compare
 from farl_edge.registry import ModelConfig, weights_path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-# Target-specific builder options (export(options=...), recipe keys, CLI flags).
-_TRT_OPTIONS = ("compute_capability", "max_batch", "opt_batch", "timing_cache", "builder_optimization_level",
-                "workspace_mb")
-BUILDER_OPTIONS: dict[str, tuple[str, ...]] = {
-    "tensorrt": _TRT_OPTIONS, "tensorrt-rtx": _TRT_OPTIONS,
-    "coreml": ("coreml_weights", "coreml_activations", "deployment_target"),
-}
 
 
 @dataclass
@@ -93,7 +85,7 @@ def export(model, target: str, precision: str = "fp32", *, output: str | Path | 
            log: Callable[[str], None] = print) -> ExportResult:
     """Export one model to one target/precision, validate it, and publish the artifact folder.
 
-    ``options``: target-specific builder options (see ``BUILDER_OPTIONS``), e.g.
+    ``options``: target-specific builder options (``Format.options`` in the formats table), e.g.
     ``{"compute_capability": "sm89", "max_batch": 16}`` for TensorRT or
     ``{"coreml_weights": "palettize6"}`` for Core ML.
 
@@ -110,10 +102,10 @@ def export(model, target: str, precision: str = "fp32", *, output: str | Path | 
     if calib_size < 1 or eval_size < 1:
         raise ValueError("--calib-size and --eval-size must be >= 1")
     options = dict(options or {})
-    unknown = sorted(set(options) - set(BUILDER_OPTIONS.get(target, ())))
+    unknown = sorted(set(options) - set(fmt.options))
     if unknown:
         raise ValueError(f"target {target!r} takes no option {', '.join(unknown)}; its options: "
-                         f"{', '.join(BUILDER_OPTIONS.get(target, ())) or 'none'}")
+                         f"{', '.join(fmt.options) or 'none'}")
     from farl_edge.runtime.backends import backend_available
 
     can_run, why_not = backend_available(fmt.backend)
@@ -198,7 +190,7 @@ def export(model, target: str, precision: str = "fp32", *, output: str | Path | 
             mf.publish(staging, dest, overwrite=force)
             return ExportResult(dest, manifest, report, time.time() - started)
         manifest["status"] = "failed"
-        manifest["failure"] = "validation failed: " + ", ".join(f"{c.stage}/{c.name}" for c in report.failed)
+        manifest["failure"] = report.failure
         if keep_failed:
             mf.write_manifest(staging, manifest)
             mf.publish(staging, dest, overwrite=True)

@@ -68,6 +68,11 @@ class ParityReport:
     def failed(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]
 
+    @property
+    def failure(self) -> str:
+        """One line for a manifest: which checks failed."""
+        return "validation failed: " + ", ".join(f"{c.stage}/{c.name}" for c in self.failed)
+
     def stage_ok(self, stage: str) -> bool:
         return all(c.passed for c in self.checks if c.stage == stage)
 
