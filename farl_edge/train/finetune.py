@@ -32,6 +32,8 @@ DEFAULTS = {
     "heatmap_sigma": 1.5, "heatmap_weight": 1.0, "init": None, "freeze_backbone": False,
     # Distillation: {"model": name, "checkpoint": path|null, "kd_weight": 1.0, "temperature": 1.0}
     "teacher": None, "init_backbone_from_teacher": True,
+    # Slim UPerHead students: start from the teacher's adapter + its most important decoder channels.
+    "init_head_from_teacher": False,
 }
 
 
@@ -122,6 +124,9 @@ def run(cfg: dict) -> dict:
     teacher = build_teacher(cfg, info.device) if cfg["teacher"] else None
     if teacher is not None and cfg["init_backbone_from_teacher"] and not cfg["init"]:
         model.backbone.load_state_dict(teacher.backbone.state_dict())
+    if teacher is not None and cfg["init_head_from_teacher"] and not cfg["init"]:
+        from farl_edge.train.prune import init_slim_head_from_teacher
+        init_slim_head_from_teacher(model.head, teacher.head)
     if cfg["freeze_backbone"]:
         model.backbone.requires_grad_(False)
     shared = teacher is not None and cfg["freeze_backbone"] and cfg["init_backbone_from_teacher"] and not cfg["init"]
