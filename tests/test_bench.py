@@ -251,3 +251,33 @@ def test_bench_fast_run(tmp_path, helen_dir):
     onnx1 = next(r for r in table if r["target"] == "onnx" and r["stage"] == "full" and r["batch"] == "1")
     assert all(onnx1[k] != "" for k in ("median_ms", "p99_ms", "metric", "delta", "cosine_mean", "pct_of_floor"))
     assert (out / "command.txt").read_text().startswith("farl-edge bench")
+
+
+def test_cached_artifact_is_stale_when_model_config_or_weights_change(tmp_path):
+    import hashlib
+    import json
+
+    from farl_edge.bench.runner import ModelInfo, Row, stale_reason
+    from farl_edge.registry import get_config
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"weights v1")
+    dest = tmp_path / "artifacts" / "farl-small-300w-full-onnx-fp32-b1"
+    dest.mkdir(parents=True)
+    cfg = get_config("farl-small-300w").to_dict()
+    manifest = {"model": cfg, "weights": {"source": "checkpoint", "sha256": hashlib.sha256(b"weights v1").hexdigest()}}
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    info = ModelInfo("farl-small-300w", None, str(weights), False, "", {}, 0.0, 0, None, None)
+    full, backbone = (Row("farl-small-300w", "onnx", "fp32", stage, 1) for stage in ("full", "backbone"))
+    assert stale_reason(dest / "manifest.json", info, full) is None
+    weights.write_bytes(b"weights v2")
+    assert stale_reason(dest / "manifest.json", info, full) == "weights changed"
+    manifest["weights"]["sha256"] = hashlib.sha256(b"weights v2").hexdigest()
+    manifest["model"] = {**cfg, "head": {**cfg["head"], "channels": 8}}
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    assert stale_reason(dest / "manifest.json", info, full) == "model config changed (head)"
+    # The backbone stage ignores the head, and reads its weights hash from the sidecar beside the artifact.
+    assert stale_reason(dest / "manifest.json", info, backbone) is None
+    (dest.parent / f"{dest.name}.source.json").write_text(json.dumps({"sha256": "old"}))
+    assert stale_reason(dest / "manifest.json", info, backbone) == "weights changed"
+    assert stale_reason(tmp_path / "missing" / "manifest.json", info, full) is None

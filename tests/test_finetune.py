@@ -9,7 +9,7 @@ from farl_edge.checkpoint import read_card
 from farl_edge.datasets import open_dataset
 from farl_edge.models import create_model
 from farl_edge.registry import get_config
-from farl_edge.train.finetune import DEFAULTS, HeadLogits, load_config, run, task_loss
+from farl_edge.train.finetune import DEFAULTS, HeadLogits, build_teacher, load_config, run, task_loss
 from farl_edge.train.task_data import FaceTaskDataset
 
 
@@ -62,6 +62,12 @@ def test_distillation_reduces_distillation_loss(student, data, request):
     teacher.requires_grad_(False)
     h = _loss_drop(student, data_dir, teacher=teacher, freeze=True)
     assert h[-1]["kd"] < 0.8 * h[0]["kd"]
+
+
+def test_teacher_without_weights_is_refused():
+    cfg = {**DEFAULTS, "teacher": {"model": "farl-b16-lapa-448", "checkpoint": None}}
+    with pytest.raises(ValueError, match="--teacher-checkpoint"):
+        build_teacher(cfg, torch.device("cpu"))
 
 
 def test_finetune_loop_saves_card_log_and_resumes(w300_train_dir, helen_dir, tmp_path):

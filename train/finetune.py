@@ -2,6 +2,8 @@
 
     torchrun --nproc_per_node 1 train/finetune.py --config train/configs/small-300w.json
     torchrun --nproc_per_node 8 train/finetune.py --config train/configs/b16-lapa-448.json --init FaRL-Base-Patch16-LAIONFace20M-ep16.pth
+    torchrun --nproc_per_node 8 train/finetune.py --config train/configs/distill-b16-lapa-448-edge.json \
+        --teacher-checkpoint face_parsing.farl.lapa.main_ema_136500_jit191.pt --trust-torchscript   # edge head
 
 Re-running with the same --output resumes from ``last.pt``.
 """
@@ -19,9 +21,17 @@ def main() -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--threads", type=int)
+    p.add_argument("--trust-torchscript", action="store_true",
+                   help="allow TorchScript checkpoints (facer's .pt), which run code from the file when loaded")
+    p.add_argument("--teacher-checkpoint", help="distillation: the full-head teacher's weights (overrides the recipe)")
     args = p.parse_args()
     cfg = load_config(args.config, {"init": args.init, "output": args.output, "epochs": args.epochs,
-                                    "max_steps": args.max_steps, "threads": args.threads})
+                                    "max_steps": args.max_steps, "threads": args.threads,
+                                    "trust_torchscript": args.trust_torchscript or None})
+    if args.teacher_checkpoint:
+        if not cfg.get("teacher"):
+            p.error(f"--teacher-checkpoint: {args.config} is not a distillation recipe (it has no 'teacher')")
+        cfg["teacher"] = {**cfg["teacher"], "checkpoint": args.teacher_checkpoint}
     print(json.dumps(run(cfg), indent=2))
 
 

@@ -46,12 +46,18 @@ def main() -> None:
     full = evaluate(TorchPredictor(model), val)
     subset = evaluate(TorchPredictor(model), val, limit=args.reference_limit)
     recipe = args.recipe or training.get("recipe")
+    # A recipe that continues another run names it in "after": the command chains every stage.
+    stages, step = [], recipe
+    while step:
+        stages.insert(0, step)
+        step = json.loads(Path(step).read_text()).get("after") if Path(step).exists() else None
+    stages = stages or ["train/configs/<recipe>.json"]
     ship_card = {
         **card,
         "data": {"train": training["train_data"], "validation": training["val_data"]},
         "recipe": {k: v for k, v in training.items() if k not in ("train_data", "val_data")},
-        "reproduce": f"torchrun --nproc_per_node 1 train/finetune.py --config {recipe or 'train/configs/<recipe>.json'}"
-                     f" && python train/ship.py {args.run} --recipe {recipe}",
+        "reproduce": " && ".join([*(f"torchrun --nproc_per_node 1 train/finetune.py --config {r}" for r in stages),
+                                  f"python train/ship.py {args.run} --recipe {recipe}"]),
         "training_time_s": result.get("train_seconds"),
         "training_machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads (CPU)",
         "metrics": {"validation": full, "reference_subset": {"limit": args.reference_limit, **subset}},

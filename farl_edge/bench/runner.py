@@ -237,6 +237,9 @@ def resolve_weights(cfg: BenchConfig, name: str, log) -> ModelInfo:
         ckpt, weights = None, f"shipped ({mcfg.weights})"
     else:
         ckpt_path = cfg.cache / "weights" / f"{name}-random-seed{cfg.seed}.safetensors"
+        if ckpt_path.is_file() and _card_drift(ckpt_path, mcfg):
+            log(f"{name}: model config changed since {ckpt_path.name} was drawn; drawing it again")
+            ckpt_path.unlink()
         if not ckpt_path.is_file():
             from farl_edge.checkpoint import save_checkpoint
 
@@ -255,6 +258,14 @@ def resolve_weights(cfg: BenchConfig, name: str, log) -> ModelInfo:
     calib_dir = shared_data_dir(task, "calib")
     return ModelInfo(name, mcfg, ckpt, ckpt is None, weights, gmacs, params / 1e6, nbytes,
                      str(eval_dir) if eval_dir else None, str(calib_dir) if calib_dir else None)
+
+
+def _card_drift(path: Path, mcfg) -> bool:
+    from farl_edge.checkpoint import read_card
+
+    card = read_card(path)
+    return any(json.dumps(card.get(k), sort_keys=True) != json.dumps(v, sort_keys=True)
+               for k, v in mcfg.to_dict().items() if k in ("vision", "taps", "input_size", "head"))
 
 
 def backbone_module(info: ModelInfo):
@@ -277,6 +288,41 @@ def artifact_dir(cfg: BenchConfig, row: Row, export_precision: str) -> Path:
     return cfg.cache / "artifacts" / f"{row.model}-{row.stage}-{row.target}-{export_precision}{extra}-b{row.batch}"
 
 
+def stale_reason(manifest_path: Path, info: ModelInfo, row: Row) -> str | None:
+    """Why a cached artifact no longer matches the model (config or weights changed), or None."""
+    if not manifest_path.is_file():
+        return None
+    from farl_edge.registry import get_config
+
+    manifest = json.loads(manifest_path.read_text())
+    cached = manifest.get("model", {})
+    current = get_config(info.name).to_dict()
+    keys = ("vision", "taps", "input_size") if row.stage == "backbone" else tuple(current)
+    changed = [k for k in keys if json.dumps(cached.get(k), sort_keys=True) != json.dumps(current.get(k), sort_keys=True)]
+    if changed:
+        return f"model config changed ({', '.join(changed)})"
+    # The backbone stage is exported from a module, so its manifest has no weights hash: the sidecar has it.
+    sidecar = _source_sidecar(manifest_path.parent)
+    recorded = (json.loads(sidecar.read_text()) if sidecar.is_file() else manifest.get("weights", {})).get("sha256")
+    current_sha = source_weights_sha(info)
+    if recorded and current_sha and recorded != current_sha:
+        return "weights changed"
+    return None
+
+
+def _source_sidecar(dest: Path) -> Path:
+    # Beside the artifact, not in it: files inside are hashed by the manifest.
+    return dest.parent / f"{dest.name}.source.json"
+
+
+def source_weights_sha(info: ModelInfo) -> str | None:
+    from farl_edge.export import manifest as mf
+    from farl_edge.registry import get_config, weights_path
+
+    file = info.checkpoint or (weights_path(get_config(info.name)) if info.pretrained else None)
+    return mf.sha256_file(file) if file and Path(file).is_file() else None
+
+
 def ensure_artifact(cfg: BenchConfig, info: ModelInfo, row: Row, log) -> tuple[Path, dict]:
     """The cached artifact for ``row`` (exported now when missing) and export facts for the report."""
     from farl_edge.export.pipeline import export
@@ -286,7 +332,10 @@ def ensure_artifact(cfg: BenchConfig, info: ModelInfo, row: Row, log) -> tuple[P
     dest = artifact_dir(cfg, row, export_precision)
     manifest_path = dest / "manifest.json"
     facts: dict = {"artifact": str(dest)}
-    if not manifest_path.is_file():
+    stale = stale_reason(manifest_path, info, row)
+    if stale:
+        log(f"re-export {dest.name}: {stale}")
+    if stale or not manifest_path.is_file():
         log(f"export {dest.name}")
         model = backbone_module(info) if row.stage == "backbone" else info.name
         kwargs = dict(output=dest, batch=row.batch, eval_size=cfg.export_eval_size, calib_size=cfg.calib_size,
@@ -306,6 +355,7 @@ def ensure_artifact(cfg: BenchConfig, info: ModelInfo, row: Row, log) -> tuple[P
             log(f"  {dest.name}: parity validation failed (kept, marked failed): "
                 + ", ".join(f"{c.stage}/{c.name}" for c in e.report.failed))
         facts["export_s"] = round(time.time() - t0, 1)
+        _source_sidecar(dest).write_text(json.dumps({"model": info.name, "sha256": source_weights_sha(info)}))
     manifest = json.loads(manifest_path.read_text())
     facts["size_mb"] = sum(f["bytes"] for f in manifest["files"].values()) / 1e6
     facts["export_validation"] = "passed" if manifest.get("status") == "ok" else \

@@ -34,6 +34,8 @@ DEFAULTS = {
     "teacher": None, "init_backbone_from_teacher": True,
     # Slim UPerHead students: start from the teacher's adapter + its most important decoder channels.
     "init_head_from_teacher": False,
+    # facer's TorchScript .pt files run code from the file when loaded: only on explicit request.
+    "trust_torchscript": False,
 }
 
 
@@ -91,8 +93,15 @@ def task_loss(model, x, target, cfg: dict, teacher=None, shared_features: bool =
 
 def build_teacher(cfg: dict, device: torch.device):
     """The full-head model an edge head learns from (frozen, eval mode)."""
+    from farl_edge.registry import get_config, weights_path
+
     spec = cfg["teacher"]
-    teacher = create_model(spec["model"], checkpoint=spec.get("checkpoint")).to(device).eval()
+    if not spec.get("checkpoint") and weights_path(get_config(spec["model"])) is None:
+        raise ValueError(f"teacher {spec['model']!r} has no shipped weights: distilling from random weights teaches "
+                         "nothing. Pass the fine-tuned teacher with --teacher-checkpoint (or teacher.checkpoint "
+                         "in the recipe), e.g. FaRL's official face_parsing .pth")
+    teacher = create_model(spec["model"], checkpoint=spec.get("checkpoint"),
+                           trust_torchscript=cfg["trust_torchscript"]).to(device).eval()
     teacher.requires_grad_(False)
     return teacher
 
@@ -120,7 +129,8 @@ def run(cfg: dict) -> dict:
         torch.set_num_threads(int(cfg["threads"]))
     torch.manual_seed(cfg["seed"])
     out = Path(cfg["output"])
-    model = create_model(cfg["model"], checkpoint=cfg["init"], pretrained=False).to(info.device)
+    model = create_model(cfg["model"], checkpoint=cfg["init"], pretrained=False,
+                         trust_torchscript=cfg["trust_torchscript"]).to(info.device)
     teacher = build_teacher(cfg, info.device) if cfg["teacher"] else None
     if teacher is not None and cfg["init_backbone_from_teacher"] and not cfg["init"]:
         model.backbone.load_state_dict(teacher.backbone.state_dict())
