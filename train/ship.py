@@ -26,6 +26,12 @@ DATA_TERMS = ("Trained on research / non-commercial face data (300-W, CelebAMask
               "the weights inherit those terms; not for commercial use.")
 
 
+def stage_seconds(recipe: str) -> float:
+    """Training time of an earlier stage, from its run folder (0 when that run is not here)."""
+    result = Path(json.loads(Path(recipe).read_text())["output"]) / "result.json"
+    return json.loads(result.read_text()).get("train_seconds", 0.0) if result.is_file() else 0.0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="training output folder (holds <model>.safetensors and result.json)")
@@ -58,7 +64,7 @@ def main() -> None:
         "recipe": {k: v for k, v in training.items() if k not in ("train_data", "val_data")},
         "reproduce": " && ".join([*(f"torchrun --nproc_per_node 1 train/finetune.py --config {r}" for r in stages),
                                   f"python train/ship.py {args.run} --recipe {recipe}"]),
-        "training_time_s": result.get("train_seconds"),
+        "training_time_s": round(sum(stage_seconds(r) for r in stages[:-1]) + (result.get("train_seconds") or 0), 1),
         "training_machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads (CPU)",
         "metrics": {"validation": full, "reference_subset": {"limit": args.reference_limit, **subset}},
         "gmacs": count_macs(model, model.cfg.input_size),

@@ -260,12 +260,14 @@ def resolve_weights(cfg: BenchConfig, name: str, log) -> ModelInfo:
                      str(eval_dir) if eval_dir else None, str(calib_dir) if calib_dir else None)
 
 
+def _changed_keys(recorded: dict, current: dict, keys) -> list[str]:
+    return [k for k in keys if json.dumps(recorded.get(k), sort_keys=True) != json.dumps(current.get(k), sort_keys=True)]
+
+
 def _card_drift(path: Path, mcfg) -> bool:
     from farl_edge.checkpoint import read_card
 
-    card = read_card(path)
-    return any(json.dumps(card.get(k), sort_keys=True) != json.dumps(v, sort_keys=True)
-               for k, v in mcfg.to_dict().items() if k in ("vision", "taps", "input_size", "head"))
+    return bool(_changed_keys(read_card(path), mcfg.to_dict(), ("vision", "taps", "input_size", "head")))
 
 
 def backbone_module(info: ModelInfo):
@@ -298,7 +300,7 @@ def stale_reason(manifest_path: Path, info: ModelInfo, row: Row) -> str | None:
     cached = manifest.get("model", {})
     current = get_config(info.name).to_dict()
     keys = ("vision", "taps", "input_size") if row.stage == "backbone" else tuple(current)
-    changed = [k for k in keys if json.dumps(cached.get(k), sort_keys=True) != json.dumps(current.get(k), sort_keys=True)]
+    changed = _changed_keys(cached, current, keys)
     if changed:
         return f"model config changed ({', '.join(changed)})"
     # The backbone stage is exported from a module, so its manifest has no weights hash: the sidecar has it.
