@@ -95,16 +95,15 @@ def test_builder_crash_leaves_nothing(tmp_path, monkeypatch):
 
 def test_every_recipe_is_valid_and_implemented():
     from farl_edge.export.cli import RECIPE_DIR, RECIPE_KEYS, load_recipe
-    from farl_edge.export.formats import FORMATS
-    from farl_edge.export.pipeline import BUILDER_OPTIONS
+    from farl_edge.export.formats import ALL_BUILDER_OPTIONS, FORMATS
 
     recipes = sorted(RECIPE_DIR.glob("*.json"))
     assert len(recipes) >= 4
-    all_options = {o for opts in BUILDER_OPTIONS.values() for o in opts}
+    all_options = set(ALL_BUILDER_OPTIONS)
     assert all_options <= RECIPE_KEYS
     for path in recipes:
         r = load_recipe(f"export/{path.stem}")
         fmt = FORMATS[r["target"]]
         assert r.get("precision", "fp32") in fmt.precisions, path
         assert r.get("description"), path
-        assert set(r) & all_options <= set(BUILDER_OPTIONS.get(r["target"], ())), path  # options fit the target
+        assert set(r) & all_options <= set(fmt.options), path  # options fit the target

@@ -140,7 +140,5 @@ register_format(Format(
     notes={"build_needs": "CPU (any OS; W8A8 calibration on macOS)", "run_needs": "macOS / iOS (Core ML)"},
 ))
 
-# target → its builder options, and every option any target takes (recipe keys, CLI flags);
-# derived once from the formats registered above.
-BUILDER_OPTIONS: dict[str, tuple[str, ...]] = {f.target: f.options for f in FORMATS.values() if f.options}
+# Every builder option any target takes (recipe keys, CLI flags), derived from the formats above.
 ALL_BUILDER_OPTIONS: frozenset[str] = frozenset(o for f in FORMATS.values() for o in f.options)

@@ -22,7 +22,7 @@ from typing import Callable
 from farl_edge.export import manifest as mf
 from farl_edge.export.calibration import calibration_set, evaluation_set
 from farl_edge.export.config import TOLERANCES, export_config
-from farl_edge.export.formats import BUILDER_OPTIONS, BuildJob, get_format  # noqa: F401 (re-exported)
+from farl_edge.export.formats import BuildJob, get_format
 from farl_edge.export.validate import ParityError, ParityReport, compare
 from farl_edge.registry import ModelConfig, weights_path
 
