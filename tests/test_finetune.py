@@ -64,6 +64,20 @@ def test_distillation_reduces_distillation_loss(student, data, request):
     assert h[-1]["kd"] < 0.8 * h[0]["kd"]
 
 
+def test_continuation_recipe_holds_only_what_changes(tmp_path):
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"model": "farl-small-300w", "train_data": "d", "output": "runs/a", "epochs": 5,
+                                "lr_head": 1e-3}))
+    cont = tmp_path / "cont.json"
+    cont.write_text(json.dumps({"after": str(base), "output": "runs/b", "lr_head": 3e-4}))
+    cfg = load_config(cont)
+    assert (cfg["model"], cfg["epochs"], cfg["output"], cfg["lr_head"]) == ("farl-small-300w", 5, "runs/b", 3e-4)
+    assert cfg["recipe"] == str(cont)
+    base.write_text(json.dumps({"after": str(cont)}))
+    with pytest.raises(ValueError, match="loop"):
+        load_config(cont)
+
+
 def test_teacher_without_weights_is_refused():
     cfg = {**DEFAULTS, "teacher": {"model": "farl-b16-lapa-448", "checkpoint": None}}
     with pytest.raises(ValueError, match="--teacher-checkpoint"):

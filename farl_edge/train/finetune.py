@@ -39,8 +39,18 @@ DEFAULTS = {
 }
 
 
+def _recipe_keys(path: str | Path, seen: tuple = ()) -> dict:
+    """A recipe's keys; one that continues another run (``after``) holds only what changes."""
+    if str(path) in seen:
+        raise ValueError(f"{path}: recipes continue each other in a loop ({' → '.join(seen)})")
+    keys = json.loads(Path(path).read_text())
+    if keys.get("after"):
+        return {**_recipe_keys(keys["after"], (*seen, str(path))), **keys}
+    return keys
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> dict:
-    cfg = {**DEFAULTS, **json.loads(Path(path).read_text())}
+    cfg = {**DEFAULTS, **_recipe_keys(path)}
     cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
     cfg.setdefault("recipe", str(path))
     for key in ("model", "train_data", "output"):
