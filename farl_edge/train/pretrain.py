@@ -64,7 +64,9 @@ DEFAULTS = {
     "save_every": 1000,
     "keep_checkpoints": 5,       # official-layout files kept in checkpoints/ (None: all)
     "init": None,                # start from an official FaRL .pth (or one of ours)
-    "data": {"shuffle_buffer": 1000, "crop_scale": [0.9, 1.0], "crop_ratio": [0.75, 1.3333333333333333]},
+    # require_text False: images without caption join masked image modelling only (mixed batches)
+    "data": {"shuffle_buffer": 1000, "crop_scale": [0.9, 1.0], "crop_ratio": [0.75, 1.3333333333333333],
+             "require_text": True},
     "mim": {
         "target": "pixels",      # "tokens" (FaRL, needs a tokenizer), "pixels" (stand-in), "none"
         "weight": 1.0,
@@ -127,11 +129,19 @@ class PretrainNet(nn.Module):
         super().__init__()
         self.clip = clip
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None):
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None,
+                has_text: torch.Tensor | None = None):
         clip = self.clip
         x = (images - clip.mean) / clip.std
         img = F.normalize(clip.visual(x), dim=-1)
-        txt = clip.encode_text(tokens)
+        if has_text is None or bool(has_text.all()):
+            txt = clip.encode_text(tokens)
+        else:
+            # Encode captioned rows only; with none, one row keeps the text tower in the graph (DDP).
+            rows = has_text.nonzero().flatten() if bool(has_text.any()) else torch.zeros(1, dtype=torch.long,
+                                                                                         device=tokens.device)
+            sub = clip.encode_text(tokens[rows])
+            txt = sub.new_zeros(tokens.shape[0], sub.shape[1]).index_copy(0, rows, sub)
         pred = None
         if mask is not None:
             # Same as visual.forward_mim(x, mask)[mask], with lm_head applied to masked tokens only.
@@ -302,7 +312,8 @@ def run(cfg: dict) -> dict:
                               num_streams=streams, shuffle_buffer=cfg["data"]["shuffle_buffer"],
                               crop_scale=cfg["data"]["crop_scale"], crop_ratio=cfg["data"]["crop_ratio"],
                               context_length=clip.positional_embedding.shape[0], positions=positions,
-                              stream_offset=next_stream, generation=generation)
+                              stream_offset=next_stream, generation=generation,
+                              require_text=cfg["data"]["require_text"])
     tracker = StreamTracker(streams, positions, next_stream)
     loader = make_loader(dataset, cfg["workers"], pin_memory=info.device.type == "cuda")
 
@@ -335,6 +346,7 @@ def run(cfg: dict) -> dict:
             tracker.update(batch)
             images = batch["image"].to(info.device, non_blocking=True)
             text = batch["text"].to(info.device, non_blocking=True)
+            has_text = batch["has_text"].to(info.device)
             mask = tokens = None
             if use_mim:
                 mask = mim_lib.generate_masks(images.shape[0], grid, m["mask_ratio"], m["mask_mode"],
@@ -344,8 +356,8 @@ def run(cfg: dict) -> dict:
                 if tokenizer is not None:
                     tokens = tokenizer(images, grid * grid)
             with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=bool(cfg["bf16"])):
-                img_f, txt_f, scale, pred = ddp(images, text, mask)
-            loss_clip, acc = contrastive_loss(img_f, txt_f, scale)
+                img_f, txt_f, scale, pred = ddp(images, text, mask, has_text)
+            loss_clip, acc = contrastive_loss(img_f, txt_f, scale, has_text=has_text)
             loss_mim = torch.zeros((), device=info.device)
             if use_mim:
                 loss_mim = mim_lib.mim_loss(pred, images, mask, m["target"], patch, tokens, m["norm_pix"])

@@ -145,7 +145,7 @@ class LaionFaceShards(IterableDataset):
     def __init__(self, urls, image_size: int, batch_size: int, *, seed: int = 0, rank: int = 0, num_streams: int = 1,
                  shuffle_buffer: int = 1000, crop_scale=(0.9, 1.0), crop_ratio=(3 / 4, 4 / 3), context_length: int = 77,
                  positions: list[dict] | None = None, stream_offset: int = 0, generation: int = 0,
-                 log_first_bad: int = 10):
+                 log_first_bad: int = 10, require_text: bool = True):
         super().__init__()
         import webdataset as wds
 
@@ -163,6 +163,8 @@ class LaionFaceShards(IterableDataset):
             raise ValueError(f"{len(self.positions)} stream positions for {self.num_streams} streams")
         self.stream_offset = int(stream_offset) % self.num_streams
         self.log_first_bad = log_first_bad
+        # False: a sample without caption is an image for masked image modelling only (has_text False)
+        self.require_text = bool(require_text)
 
     def __iter__(self):
         info = get_worker_info()
@@ -197,23 +199,24 @@ class LaionFaceShards(IterableDataset):
                 raise RuntimeError(f"{MAX_EMPTY_SHARDS} shards in a row could not be read ({counter.count} errors);"
                                    f" check the shard paths, e.g. {source['url']}")
 
-    def decode(self, sample: dict, stream: int, shard_idx: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, sample: dict, stream: int, shard_idx: int, offset: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(image, caption tokens); tokens are None for an image without caption when text is optional."""
         from farl_edge.tokenizer import tokenize
 
         key = next((k for k in IMAGE_KEYS if k in sample), None)
         if key is None:
             raise BadSample(f"sample {sample.get('__key__')!r} in {sample.get('__url__')} has no image ({', '.join(IMAGE_KEYS)})")
-        if "txt" not in sample:
+        if "txt" not in sample and self.require_text:
             raise BadSample(f"sample {sample.get('__key__')!r} in {sample.get('__url__')} has no caption (txt)")
-        caption = sample["txt"].decode("utf-8").strip()
-        if not caption:
+        caption = sample["txt"].decode("utf-8").strip() if "txt" in sample else ""
+        if not caption and self.require_text:
             raise BadSample(f"sample {sample.get('__key__')!r} in {sample.get('__url__')} has an empty caption")
         rng = random.Random(self._seed("crop", stream, shard_idx, offset))
         try:
             image = decode_image(sample[key], self.image_size, rng, self.crop_scale, self.crop_ratio)
-        except Exception as exc:
+        except (OSError, ValueError, SyntaxError) as exc:  # what Pillow raises for damaged or unknown images
             raise BadSample(f"sample {sample.get('__key__')!r} in {sample.get('__url__')}: cannot decode {key}: {exc}") from exc
-        return image, tokenize(caption, self.context_length)[0]
+        return image, (tokenize(caption, self.context_length)[0] if caption else None)
 
     def stream_samples(self, stream: int, start: dict | None = None, counter: BadSampleCounter | None = None):
         """Decoded (image, tokens, shard index, offset) of one stream; bad samples counted and skipped."""
@@ -227,7 +230,7 @@ class LaionFaceShards(IterableDataset):
                                        f" ({counter.count} bad samples so far); check the shard paths")
             try:
                 image, tokens = self.decode(sample, stream, shard_idx, offset)
-            except Exception as exc:  # one bad sample must not stop training
+            except (BadSample, UnicodeDecodeError) as exc:  # one bad sample must not stop training
                 counter(exc)
                 continue
             last_good_shard = shard_idx
@@ -237,14 +240,16 @@ class LaionFaceShards(IterableDataset):
         start = self.positions[stream] or {}
         counter = BadSampleCounter(int(start.get("bad", 0)), self.log_first_bad,
                                    where=f" (rank {self.rank}, stream {stream})")
-        images, texts = [], []
+        images, texts, has_text = [], [], []
+        no_text = torch.zeros(self.context_length, dtype=torch.long)
         for image, tokens, shard_idx, offset in self.stream_samples(stream, start, counter):
             images.append(image)
-            texts.append(tokens)
+            texts.append(no_text if tokens is None else tokens)
+            has_text.append(tokens is not None)
             if len(images) == self.batch_size:
-                yield {"image": torch.stack(images), "text": torch.stack(texts), "stream": stream,
-                       "shard": shard_idx, "offset": offset + 1, "bad": counter.count}
-                images, texts = [], []
+                yield {"image": torch.stack(images), "text": torch.stack(texts), "has_text": torch.tensor(has_text),
+                       "stream": stream, "shard": shard_idx, "offset": offset + 1, "bad": counter.count}
+                images, texts, has_text = [], [], []
 
 
 class StreamTracker:
