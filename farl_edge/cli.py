@@ -11,6 +11,51 @@ class UserError(Exception):
     """A problem with what the user asked for: printed as one line, exit status 2."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, systemd, CI time-outs): unwinds like Ctrl-C, so every cleanup runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+# Which install extra brings a missing module (ModuleNotFoundError → one line saying what to install).
+EXTRA_FOR_MODULE = {"torch": "export", "onnx": "export", "onnxscript": "export", "safetensors": "export",
+                    "openvino": "export", "nncf": "export", "coremltools": "export", "regex": "export",
+                    "ftfy": "export", "webdataset": "train", "matplotlib": "bench", "psutil": "bench"}
+
+
+def missing_module_message(command: str, exc: ModuleNotFoundError) -> str | None:
+    root = (exc.name or "").split(".")[0]
+    extra = EXTRA_FOR_MODULE.get(root)
+    if extra is None:
+        return None
+    return (f"`farl-edge {command}` needs {root}, which this install lacks: pip install \"farl-edge[{extra}]\" "
+            f"(CPU-only torch: add --extra-index-url https://download.pytorch.org/whl/cpu, see the README)")
+
+
 def cmd_models(args) -> int:
     from farl_edge.registry import get_config, list_models, weights_path
 
@@ -56,17 +101,30 @@ def load_predictor(model: str, checkpoint: str | None = None, trust_torchscript:
 def cmd_eval(args) -> int:
     from farl_edge.datasets import open_dataset
     from farl_edge.evaluate import evaluate
+    from farl_edge.fileio import atomic_write_json, check_output_file
 
     data = Path(args.data)
     if not data.exists():
         raise UserError(f"data folder {data} does not exist")
+    if args.json:
+        try:
+            check_output_file(args.json, "--json")
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    model = Path(args.model)
+    if model.is_dir() and not (model / "manifest.json").exists():
+        raise UserError(f"--model {model} is a folder without manifest.json: not an exported artifact "
+                        f"(export one with `farl-edge export`, or pass a registry name from `farl-edge models`)")
     predictor = load_predictor(args.model, args.checkpoint, args.trust_torchscript)
-    samples = open_dataset(data, args.format)
+    samples = open_dataset(data, args.format, strict=not args.skip_bad)
     metrics = evaluate(predictor, samples, batch_size=args.batch_size, limit=args.limit)
     metrics = {"model": predictor.config.name, "data": str(data), **metrics}
     _print_metrics(metrics)
     if args.json:
-        _write_json_atomic(Path(args.json), metrics)
+        atomic_write_json(Path(args.json), metrics)
+    if not metrics.get("n"):
+        print(f"farl-edge eval: error: no face of {data} could be evaluated", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -78,17 +136,6 @@ def _print_metrics(metrics: dict) -> None:
                 print(f"  {k:<16} {v:8.2f}" if isinstance(v, float) else f"  {k:<16} {v}")
         else:
             print(f"{key:<18} {value:8.3f}" if isinstance(value, float) else f"{key:<18} {value}")
-
-
-def _write_json_atomic(path: Path, data) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data set folder")
     p.add_argument("--format", choices=["300w", "wflw", "aflw19", "lapa", "celebamask-hq"], help="default: detect")
     p.add_argument("--json", help="write the metrics here")
-    p.add_argument("--limit", type=int, help="first N faces only")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=positive_int, help="first N faces only")
+    p.add_argument("--skip-bad", action="store_true", help="skip malformed samples (listed) instead of stopping")
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.set_defaults(func=cmd_eval)
 
     for register in _optional_commands():
@@ -131,11 +179,14 @@ def _optional_commands():
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args.func(args) or 0)
     except UserError as e:
@@ -145,6 +196,18 @@ def main(argv: list[str] | None = None) -> int:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"farl-edge {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:
+        message = missing_module_message(args.command, e)
+        if message is None:
+            raise
+        print(f"farl-edge {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"farl-edge {args.command}: {what}; partial files were removed", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

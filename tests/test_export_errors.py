@@ -1,7 +1,11 @@
 """Bad requests: one clear line on stderr, exit status 2, and no artifact (or staging folder) left."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 from export_fixtures import ALIGN, eval_dir, leftovers
 from farl_edge.cli import main
@@ -94,10 +98,10 @@ def test_builder_crash_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_every_recipe_is_valid_and_implemented():
-    from farl_edge.export.cli import RECIPE_DIR, RECIPE_KEYS, load_recipe
+    from farl_edge.export.cli import RECIPE_KEYS, load_recipe
     from farl_edge.export.formats import ALL_BUILDER_OPTIONS, FORMATS
 
-    recipes = sorted(RECIPE_DIR.glob("*.json"))
+    recipes = sorted((ROOT / "export").glob("*.json"))
     assert len(recipes) >= 4
     all_options = set(ALL_BUILDER_OPTIONS)
     assert all_options <= RECIPE_KEYS

@@ -47,7 +47,11 @@ def main() -> None:
     overrides = {"shards": args.shards, "output": args.output, "init": args.init, "batch_size": args.batch_size,
                  "total_steps": args.total_steps, "stop_at_step": args.stop_at_step, "workers": args.workers,
                  "threads": args.threads, "seed": args.seed, **_parse_set(args.set)}
-    result = run(load_config(args.config, overrides))
+    try:
+        cfg = load_config(args.config, overrides)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"train/pretrain.py: error: {e}") from None
+    result = run(cfg)
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(result, indent=2))
 

@@ -107,7 +107,8 @@ def detect_format(path: str | Path) -> str:
         f"cannot tell the data-set format of {path}. Looked for: images/+masks/ or "
         f"CelebA-HQ-img/+CelebAMask-HQ-mask-anno/ (celebamask-hq), images/+labels/ (lapa), "
         f"split folders holding either, WFLW_annotations/ (wflw), *.pts files (300w), or a "
-        f"WFLW / AFLW-19 list file. Pass format= one of {FORMATS}.")
+        f"WFLW / AFLW-19 list file. Name it: `--format` on the command line (format= in Python), one of "
+        f"{', '.join(FORMATS)}.")
 
 
 def _pick_split(path: Path, inner: tuple[str, str], split: str | None, fmt: str) -> str:

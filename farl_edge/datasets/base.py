@@ -186,7 +186,7 @@ def finish(samples: list[FaceSample], problems: list[tuple[str, str]], strict: b
         shown = "\n".join(f"  {p}: {m}" for p, m in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise DatasetError(f"{source}: {len(problems)} malformed or incomplete sample(s) "
-                           f"(pass strict=False to skip and report them):\n{shown}{more}", problems)
+                           f"(to skip and report them: `farl-edge eval --skip-bad`, or strict=False in Python):\n{shown}{more}", problems)
     for p, m in problems:
         log.warning("%s: skipped %s: %s", source, p, m)
     return Samples(samples, problems, source)

@@ -4,9 +4,9 @@ Every crop goes through :func:`farl_edge.evaluate.prepare` (``crops.crop_matrix`
 ``crops.warp_input``) and :func:`farl_edge.crops.to_tensor_layout`, the path evaluation and the
 runtime use. Sources:
 
-- default: the shared real-face data beside the project (``../shared/data``): 300-W train for
-  alignment and backbone models, CelebAMask-HQ train for parsing; evaluation subsets from
-  300-W test-helen / CelebAMask-HQ val;
+- default: a face data root (``$FARL_EDGE_DATA``, else ``../shared/data`` beside a source
+  checkout): 300-W train for alignment and backbone models, CelebAMask-HQ train for parsing;
+  evaluation subsets from 300-W test-helen / CelebAMask-HQ val;
 - ``--calib DIR``: an annotated data set (format detected) — or a plain folder of face images
   without annotations, each cropped as the whole image resized to the model input.
 """
@@ -21,7 +21,10 @@ import numpy as np
 
 from farl_edge.registry import ModelConfig
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+import os
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # beside a source checkout
+DATA_ENV = "FARL_EDGE_DATA"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_CALIB = {"alignment": ("300w", "train"), "parsing": ("celebamask-hq", "train"), "backbone": ("300w", "train")}
 DEFAULT_EVAL = {"alignment": ("300w", "test-helen"), "parsing": ("celebamask-hq", "val")}
@@ -69,11 +72,27 @@ class FaceSet:
                 "files": self.files if len(self.files) <= 256 else self.files[:256] + ["..."]}
 
 
+def data_root() -> Path:
+    """``$FARL_EDGE_DATA`` when set (it must exist), else ``../shared/data`` beside the checkout."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        if not Path(env).is_dir():
+            raise ValueError(f"{DATA_ENV}={env} is not a folder")
+        return Path(env)
+    return SHARED_DATA
+
+
+def _default_hint(table: dict, task: str) -> str:
+    rel = "/".join(table.get(task, ("?",)))
+    return (f"set {DATA_ENV} to a folder holding {rel} (the layout of the project's shared data; "
+            f"looked in {data_root() / rel})")
+
+
 def shared_data_dir(task: str, which: str) -> Path | None:
     table = DEFAULT_CALIB if which == "calib" else DEFAULT_EVAL
     if task not in table:
         return None
-    path = SHARED_DATA.joinpath(*table[task])
+    path = data_root().joinpath(*table[task])
     return path if path.is_dir() else None
 
 
@@ -126,8 +145,8 @@ def open_faces(path: str | Path, count: int | None, *, purpose: str = "calibrati
 def calibration_set(cfg: ModelConfig, calib: str | Path | None, count: int) -> FaceSet:
     path = Path(calib) if calib else shared_data_dir(cfg.task, "calib")
     if path is None:
-        raise ValueError(f"no calibration data: pass --calib DIR (face images; default "
-                         f"{SHARED_DATA.joinpath(*DEFAULT_CALIB.get(cfg.task, ('?',)))} is absent)")
+        raise ValueError(f"no calibration faces found: pass --calib DIR (face images or an annotated data set), "
+                         f"or {_default_hint(DEFAULT_CALIB, cfg.task)}")
     return open_faces(path, count, purpose="calibration")
 
 
@@ -139,6 +158,6 @@ def evaluation_set(cfg: ModelConfig, data: str | Path | None, count: int) -> Fac
             path = shared_data_dir("alignment", "eval")
             if path is not None:
                 return open_faces(path, count, purpose="evaluation")
-        raise ValueError(f"no evaluation data for validation: pass --eval-data DIR (an annotated data set; "
-                         f"default {SHARED_DATA.joinpath(*DEFAULT_EVAL.get(cfg.task, ('?',)))} is absent)")
+        raise ValueError(f"no evaluation faces found for validation: pass --eval-data DIR (an annotated data "
+                         f"set), or {_default_hint(DEFAULT_EVAL, cfg.task)}")
     return open_faces(path, count, purpose="evaluation", allow_unannotated=cfg.task == "backbone")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from farl_edge.export.formats import ALL_BUILDER_OPTIONS, FORMATS
 
-RECIPE_DIR = Path(__file__).resolve().parents[2] / "export"
 RECIPE_KEYS = {"description", "target", "precision", "calib", "calib_size", "input_size", "batch", "max_drop",
                "int8_mode", "int8_op_types", "eval_data", "eval_size", "exporter", "inference_precision",
                "tolerance", "tolerance_overrides", "keep_failed", "require_validation", "notes",
@@ -18,18 +17,30 @@ RECIPE_KEYS = {"description", "target", "precision", "calib", "calib_size", "inp
 DEFAULTS = {"precision": "fp32", "calib_size": 64, "batch": "1", "int8_mode": "static", "eval_size": 32}
 
 
+def _shipped_recipes() -> dict[str, object]:
+    """Recipes installed with the package (the project's export/ folder, as ``farl_edge.recipes``)."""
+    from importlib import resources
+
+    try:
+        folder = resources.files("farl_edge.recipes")
+    except ModuleNotFoundError:
+        return {}
+    return {p.name.removesuffix(".json"): p for p in folder.iterdir() if p.name.endswith(".json")}
+
+
 def load_recipe(name: str) -> dict:
-    """``export/intel-cpu-int8`` / ``intel-cpu-int8`` / a path to a .json file → recipe dict."""
+    """``export/intel-cpu-int8`` / ``intel-cpu-int8`` (shipped) or a path to a .json file → recipe dict."""
     from farl_edge.cli import UserError
 
-    candidates = [Path(name), Path(name + ".json")]
+    user = next((p for p in (Path(name), Path(name + ".json")) if p.is_file()), None)
+    shipped = _shipped_recipes()
     stem = Path(name).name.removesuffix(".json")
-    # the project's export/ folder; a wheel may ship the same files as package data
-    candidates += [RECIPE_DIR / f"{stem}.json", Path(__file__).resolve().parents[1] / "export_configs" / f"{stem}.json"]
-    path = next((p for p in candidates if p.is_file()), None)
+    if user is not None and stem in shipped and Path(str(shipped[stem])).resolve() == user.resolve():
+        user = None  # the shipped file itself, named by its path in a checkout
+    path = user or shipped.get(stem)
     if path is None:
-        known = ", ".join(f"export/{p.stem}" for p in sorted(RECIPE_DIR.glob("*.json")))
-        raise UserError(f"no recipe {name!r}; known recipes: {known or 'none'}")
+        known = ", ".join(f"export/{k}" for k in sorted(shipped))
+        raise UserError(f"no recipe {name!r} (not a file, not a shipped recipe); known recipes: {known or 'none'}")
     try:
         recipe = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -39,7 +50,7 @@ def load_recipe(name: str) -> dict:
         raise UserError(f"recipe {path} has unknown keys {sorted(unknown)}; known: {sorted(RECIPE_KEYS)}")
     if "target" not in recipe:
         raise UserError(f"recipe {path} does not name a target")
-    return {"name": f"export/{path.stem}", **recipe}
+    return {"name": str(path) if user else f"export/{stem}", **recipe}
 
 
 def _batch(value) -> int | None:
@@ -124,9 +135,9 @@ def cmd_export(args) -> int:
               f"{result.seconds:.0f} s) — UNVALIDATED: {validation['reason']}")
         print(f"  on the target machine: farl-edge validate {result.path} --update")
     if args.json:
-        from farl_edge.cli import _write_json_atomic
+        from farl_edge.fileio import atomic_write_json
 
-        _write_json_atomic(Path(args.json), {"path": str(result.path), "manifest": result.manifest})
+        atomic_write_json(Path(args.json), {"path": str(result.path), "manifest": result.manifest})
     return 0
 
 

@@ -1,8 +1,10 @@
 """Artifact folders: written under a temporary sibling name, renamed when complete.
 
 A failed or interrupted export leaves no folder that looks finished: the staging folder is
-``.<name>.partial-XXXX`` beside the destination and is removed on failure; only a folder holding
-a ``manifest.json`` whose ``status`` is ``ok`` is a finished artifact.
+``.<name>.partial.p<pid>-XXXX`` beside the destination and is removed on failure (SIGTERM included,
+see ``farl_edge.cli``); leftovers of a killed process are swept by the next export of the same
+output. Only a folder holding a ``manifest.json`` whose ``status`` is ``ok`` is a finished artifact.
+``--force`` replaces a farl-edge artifact, never any other folder.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
+from farl_edge.fileio import atomic_write_json, pid_prefix, publish_modes, sweep_stale
 from farl_edge.runtime import ARTIFACT_FORMAT, FORMAT_VERSION, MANIFEST_NAME, sha256_file
 
 LIBRARIES = ("farl-edge", "torch", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "numpy", "opencv-python",
@@ -52,11 +55,39 @@ def check_writable(dest: Path) -> None:
         raise ValueError(f"cannot write {dest}: a file of that name exists")
 
 
+def is_artifact(folder: Path) -> bool:
+    """True when ``folder`` holds a farl-edge manifest (what ``--force`` may replace)."""
+    path = folder / MANIFEST_NAME
+    if not folder.is_dir() or not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("format") == ARTIFACT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_replaceable(dest: Path, force: bool) -> None:
+    """ValueError unless ``dest`` is free, or (with ``force``) a farl-edge artifact we may replace."""
+    if not (dest.exists() or dest.is_symlink()):
+        return
+    if dest.is_dir() and not dest.is_symlink() and not any(dest.iterdir()):
+        return  # an empty folder holds nothing to lose
+    if not force:
+        raise ValueError(f"{dest} exists; pass --force to replace it (only a farl-edge artifact is replaced)")
+    if not is_artifact(dest):
+        raise ValueError(f"{dest} exists and is not a farl-edge artifact (no farl-edge {MANIFEST_NAME}); "
+                         f"--force replaces artifacts only: choose another --output")
+    resolved, cwd = dest.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise ValueError(f"{dest} is the current folder (or holds it); run from elsewhere or choose another --output")
+
+
 @contextmanager
 def staging_folder(dest: Path) -> Iterator[Path]:
     """A fresh temporary sibling of ``dest``; removed on any exit unless it was moved away."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
+    sweep_stale(dest.parent, dest.name)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=pid_prefix(dest.name)))
     try:
         yield tmp
     finally:
@@ -84,11 +115,7 @@ def new_manifest(**fields) -> dict:
 def write_manifest(folder: Path, manifest: dict) -> dict:
     """Hash the folder's files into ``manifest['files']`` and write ``manifest.json`` atomically."""
     manifest["files"] = file_table(folder)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f, indent=2, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, folder / MANIFEST_NAME)
+    atomic_write_json(folder / MANIFEST_NAME, manifest, default=_json_default)
     return manifest
 
 
@@ -105,11 +132,19 @@ def _json_default(value):
 
 
 def publish(staging: Path, dest: Path, overwrite: bool = False) -> Path:
-    """Rename the finished staging folder to ``dest`` (replacing an old artifact if allowed)."""
+    """Rename the finished staging folder to ``dest`` (replacing an old artifact if allowed).
+
+    Files get the user's umask (the staging folder was made 0700 by ``mkdtemp``).
+    """
+    publish_modes(staging)
+    if dest.is_dir() and not dest.is_symlink() and not any(dest.iterdir()):
+        dest.rmdir()
     if dest.exists() or dest.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{dest} exists; pass --force to replace it")
-        old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
+        if not is_artifact(dest):
+            raise FileExistsError(f"{dest} is not a farl-edge artifact; it is never replaced")
+        old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=pid_prefix(dest.name, "old")))
         os.replace(dest, old / dest.name)
         os.replace(staging, dest)
         shutil.rmtree(old, ignore_errors=True)

@@ -13,6 +13,7 @@ parity run is pending, and ``farl-edge validate ARTIFACT`` does it on the target
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -116,9 +117,9 @@ def export(model, target: str, precision: str = "fp32", *, output: str | Path | 
     net, weights = resolve_model(model, checkpoint, pretrained, input_size)
     cfg = net.cfg
     ecfg = export_config(cfg, batch=batch, **({"exporter": exporter} if exporter else {}))
-    dest = Path(output) if output else default_output(cfg.name, target, precision)
-    if dest.exists() and not force:
-        raise ValueError(f"{dest} exists; pass --force to replace it")
+    shown = Path(output) if output else default_output(cfg.name, target, precision)
+    dest = Path(os.path.abspath(shown))  # "." and "out/" get a usable name and parent
+    mf.check_replaceable(dest, force)
     mf.check_writable(dest)
     evaluation = evaluation_set(cfg, eval_data, eval_size)
     calibration = calibration_set(cfg, calib, calib_size) if precision == "int8" and not (
@@ -130,7 +131,12 @@ def export(model, target: str, precision: str = "fp32", *, output: str | Path | 
     from farl_edge.models.predictor import TorchPredictor
     from farl_edge.runtime import load
 
-    with mf.staging_folder(dest) as staging, tempfile.TemporaryDirectory(prefix="farl-export-") as work:
+    from farl_edge.fileio import sweep_stale
+
+    tmp_root = Path(tempfile.gettempdir())
+    sweep_stale(tmp_root, "farl-export", kinds=("work",))
+    with mf.staging_folder(dest) as staging, \
+            tempfile.TemporaryDirectory(prefix=".farl-export.work.p%d-" % os.getpid(), dir=tmp_root) as work:
         job = BuildJob(model=net, cfg=cfg, export_cfg=ecfg, precision=precision, folder=staging, workdir=Path(work),
                        calibration=calibration, evaluation=evaluation, log=log,
                        options={"int8_mode": int8_mode, "int8_op_types": int8_op_types, "max_drop": max_drop,
@@ -164,18 +170,18 @@ def export(model, target: str, precision: str = "fp32", *, output: str | Path | 
             manifest["status"] = "unvalidated"
             manifest["validation"] = {"status": "pending", "reason": f"{fmt.backend} cannot run here: {why_not}",
                                       "tolerance_set": tol_name, "builder_checks": built.checks,
-                                      "how": f"farl-edge validate {dest.name} --update  (on the target machine)"}
+                                      "how": f"farl-edge validate {shown} --update  (on the target machine)"}
             timings["total_s"] = round(time.time() - started, 1)
             manifest["timings"] = timings
             mf.write_manifest(staging, manifest)
             mf.publish(staging, dest, overwrite=force)
             log(f"published unvalidated: {why_not}")
-            return ExportResult(dest, manifest, None, time.time() - started)
+            return ExportResult(shown, manifest, None, time.time() - started)
         log(f"validating against PyTorch on {len(evaluation)} faces ({evaluation.source}), tolerance {tol_name}")
         t0 = time.time()
         try:
             session = load(staging, allow_failed=True)
-            manifest["runtime"]["session"] = session._runner.info
+            manifest["runtime"]["session"] = session.info
             report = compare(TorchPredictor(net), session, evaluation.samples, tol, ecfg.output_names,
                              raise_on_fail=False)
         except Exception as e:  # a crash of the artifact is a failed validation too
@@ -188,7 +194,7 @@ def export(model, target: str, precision: str = "fp32", *, output: str | Path | 
             manifest["status"] = "ok"
             mf.write_manifest(staging, manifest)
             mf.publish(staging, dest, overwrite=force)
-            return ExportResult(dest, manifest, report, time.time() - started)
+            return ExportResult(shown, manifest, report, time.time() - started)
         manifest["status"] = "failed"
         manifest["failure"] = report.failure
         if keep_failed:

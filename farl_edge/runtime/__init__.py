@@ -76,6 +76,27 @@ def verify_files(folder: str | Path, manifest: dict) -> None:
         raise ArtifactError(f"corrupt artifact {folder}: " + "; ".join(problems))
 
 
+def check_unit_batch(batch: np.ndarray) -> np.ndarray:
+    """float32 copy/view of a float batch in [0, 1]; ValueError naming the problem otherwise.
+
+    A uint8 batch (0..255) or a float batch in 0..255 would run without error and give wrong
+    answers (landmarks tens of pixels off), so neither is converted silently.
+    """
+    if batch.dtype.kind != "f":
+        hint = " (uint8 images: batch.astype(np.float32) / 255)" if batch.dtype.kind in "iub" else ""
+        raise ValueError(f"expected a float32 batch in [0, 1], got dtype {batch.dtype}{hint}")
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    if batch.size == 0:
+        raise ValueError("empty batch: pass at least one image")
+    lo, hi = float(batch.min()), float(batch.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError("batch holds NaN or infinite values; expected float32 RGB in [0, 1]")
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        hint = " (looks like 0..255: divide by 255)" if hi > 2 else ""
+        raise ValueError(f"expected float32 RGB in [0, 1], got values in [{lo:.3g}, {hi:.3g}]{hint}")
+    return batch
+
+
 class Session:
     """An opened artifact: a predictor for :func:`farl_edge.evaluate.evaluate` and the runtime."""
 
@@ -86,6 +107,7 @@ class Session:
         self.backend = backend
         self.options = options
         self._runner = runner
+        self.info = dict(getattr(runner, "info", {}) or {})  # what the backend opened (providers, device, ...)
         self.input_names = [i["name"] for i in manifest["inputs"]]
         self.output_names = [o["name"] for o in manifest["outputs"]]
         shape = manifest["inputs"][0]["shape"]
@@ -114,7 +136,7 @@ class Session:
         s = self.input_size
         if batch.ndim != 4 or batch.shape[1:] != (3, s, s):
             raise ValueError(f"{self.config.name} takes (B, 3, {s}, {s}) RGB in [0, 1], got {batch.shape}")
-        return np.ascontiguousarray(batch, dtype=np.float32)
+        return check_unit_batch(batch)
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         batch = self._check(batch)
@@ -154,8 +176,8 @@ def load(artifact_dir: str | Path, *, backend: str | None = None, verify: bool =
     # farl_edge.export.pipeline); it opens, and `farl-edge validate` completes it here.
     if status not in ("ok", "unvalidated") and not allow_failed:
         why = manifest.get("failure", "")
-        raise ArtifactError(f"artifact {path} is marked {status!r}{': ' + why if why else ''} "
-                            f"(pass allow_failed=True to open it anyway)")
+        raise ArtifactError(f"artifact {path} is marked {status!r}{': ' + why if why else ''}; re-export it, or "
+                            f"check it with `farl-edge validate {path}` (Python: load(..., allow_failed=True))")
     if status == "unvalidated":
         import warnings
 

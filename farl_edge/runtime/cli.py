@@ -10,6 +10,8 @@ Torch-free: only the runtime is imported.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -19,21 +21,25 @@ FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv"
 
 
 def register(subparsers) -> None:
+    from farl_edge.cli import positive_int, unit_float
+
     p = subparsers.add_parser("run", help="run an exported model on images, a video or a camera, with overlays",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="exported artifact folder (farl-edge export --output DIR)")
     p.add_argument("--source", required=True, help="image file, image folder, video file, or camera index (0, 1, ...)")
-    p.add_argument("--output", help="image file / folder for images, video file (.mp4, .avi) for videos and cameras")
+    p.add_argument("--output", help="image file / folder for images, video file (.mp4, .avi) for videos and cameras; "
+                                    "never an input file; existing files are kept unless --force")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files (never the inputs)")
     p.add_argument("--show", action="store_true", help="show the overlay in a window (q / Esc quits)")
     p.add_argument("--color", choices=["bgr", "rgb"], default="bgr",
                    help="channel order of the frames (OpenCV sources give bgr)")
     p.add_argument("--backend", help="runtime backend instead of the artifact's (onnxruntime, openvino)")
-    p.add_argument("--threads", type=int, help="inference threads")
-    p.add_argument("--max-faces", type=int, default=16)
-    p.add_argument("--min-score", type=float, help="face detector score threshold (default 0.5)")
+    p.add_argument("--threads", type=positive_int, help="inference threads")
+    p.add_argument("--max-faces", type=positive_int, default=16)
+    p.add_argument("--min-score", type=unit_float, help="face detector score threshold in [0, 1] (default 0.5)")
     p.add_argument("--smooth", choices=["none", "one_euro", "ema"], default="none",
                    help="landmark / crop smoothing across video frames")
-    p.add_argument("--max-frames", type=int, help="stop after N frames (videos, cameras)")
+    p.add_argument("--max-frames", type=positive_int, help="stop after N frames (videos, cameras)")
     p.add_argument("--json", help="write one JSON line per frame (boxes, points, landmarks, timings)")
     p.add_argument("--no-overlay-text", action="store_true", help="no FPS / timing text on the output")
     p.set_defaults(func=cmd_run)
@@ -117,12 +123,13 @@ class _Summary:
 
 
 def _image_jobs(kind: str, source: Path, output: str | None) -> list[tuple[Path, Path | None]]:
+    """(input, output) pairs. An output keeps its input's name and format, so names are unique."""
     if kind == "image":
         if output is None:
             return [(source, None)]
         out = Path(output)
         if out.is_dir() or output.endswith(("/", "\\")) or not out.suffix:
-            return [(source, out / (source.stem + ".png"))]
+            return [(source, out / source.name)]
         if out.suffix.lower() not in IMAGE_SUFFIXES:
             raise _user_error(f"--output {output}: an image source writes an image ({', '.join(IMAGE_SUFFIXES)})")
         return [(source, out)]
@@ -132,7 +139,65 @@ def _image_jobs(kind: str, source: Path, output: str | None) -> list[tuple[Path,
     if output is not None and Path(output).suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
         raise _user_error(f"--output {output}: a folder source writes into a folder")
     out = Path(output) if output else None
-    return [(f, (out / f.relative_to(source)).with_suffix(".png") if out else None) for f in files]
+    return [(f, out / f.relative_to(source) if out else None) for f in files]
+
+
+def _check_outputs(jobs: list[tuple[Path, Path | None]], force: bool) -> None:
+    """Refuse to write over any input, or over existing files without --force; checked before any work."""
+    inputs = {src.resolve() for src, _ in jobs}
+    clash = [dst for _, dst in jobs if dst is not None and dst.resolve() in inputs]
+    if clash:
+        raise _user_error(f"--output would overwrite the input {clash[0]}; choose another file or folder")
+    if not force:
+        existing = [dst for _, dst in jobs if dst is not None and dst.exists()]
+        if existing:
+            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+            raise _user_error(f"{existing[0]} exists{more}; pass --force to overwrite, or choose another --output")
+    for _, dst in jobs:
+        if dst is None:
+            continue
+        probe = dst.parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise _user_error(f"cannot write {dst}: {probe} is a file, not a folder")
+
+
+def _write_image(dst: Path, image) -> None:
+    """Encode to a temporary sibling, then rename: never a half-written file at ``dst``."""
+    import cv2
+
+    from farl_edge.fileio import atomic_write
+
+    ok, data = cv2.imencode(dst.suffix.lower(), image)
+    if not ok:
+        raise _user_error(f"could not encode {dst} ({dst.suffix})")
+    atomic_write(dst, data.tobytes())
+
+
+class _PartialFile:
+    """A text file written under a temporary sibling name; ``publish`` renames it into place."""
+
+    def __init__(self, path: Path):
+        from farl_edge.fileio import pid_prefix
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.tmp = path, path.with_name(pid_prefix(path.name) + "x")
+        self.f = open(self.tmp, "w")  # noqa: SIM115 - closed by publish / discard
+
+    def write(self, text: str) -> None:
+        self.f.write(text)
+
+    def publish(self) -> None:
+        from farl_edge.fileio import file_mode
+
+        self.f.close()
+        os.chmod(self.tmp, file_mode())
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.f.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def cmd_run(args) -> int:
@@ -146,15 +211,29 @@ def cmd_run(args) -> int:
     model = Path(args.model)
     if not model.is_dir():
         raise _user_error(f"--model {args.model} is not an artifact folder (export one with `farl-edge export`)")
-    if args.max_faces is not None and args.max_faces < 1:
-        raise _user_error("--max-faces must be >= 1")
-    if args.output and kind in ("video", "camera") and Path(args.output).suffix.lower() not in FOURCC:
-        raise _user_error(f"--output {args.output}: a video source writes a video file ({', '.join(FOURCC)})")
+    if args.output and kind in ("video", "camera"):
+        out = Path(args.output)
+        if out.suffix.lower() not in FOURCC:
+            raise _user_error(f"--output {args.output}: a video source writes a video file ({', '.join(FOURCC)})")
+        if kind == "video" and Path(args.source).exists() and out.resolve() == Path(args.source).resolve():
+            raise _user_error(f"--output would overwrite the input {args.source}; choose another file")
+        _check_outputs([(Path(args.source), out)], args.force)
+    jobs = None
+    if kind in ("image", "folder"):
+        jobs = _image_jobs(kind, Path(args.source), args.output)
+        _check_outputs(jobs, args.force)
+    if args.json:
+        from farl_edge.fileio import check_output_file
+
+        try:
+            check_output_file(args.json, "--json")
+        except ValueError as e:
+            raise _user_error(str(e)) from None
     pipeline = FacePipeline(model, max_faces=args.max_faces, min_score=args.min_score, threads=args.threads,
                             backend=args.backend)
     window = _Window(args.show)
     summary = _Summary()
-    jsonl = open(args.json, "w") if args.json else None  # noqa: SIM115 - closed below
+    jsonl = _PartialFile(Path(args.json)) if args.json else None
     text = not args.no_overlay_text
 
     def record(result, name=None):
@@ -167,7 +246,6 @@ def cmd_run(args) -> int:
 
     try:
         if kind in ("image", "folder"):
-            jobs = _image_jobs(kind, Path(args.source), args.output)
             bar = tqdm(jobs, desc=f"run {pipeline.config.name}", unit="img", disable=len(jobs) < 2)
             for src, dst in bar:
                 image = cv2.imread(str(src), cv2.IMREAD_UNCHANGED)
@@ -179,9 +257,7 @@ def cmd_run(args) -> int:
                 record(result, str(src))
                 drawn = draw_result(image, result, color=args.color, timings=text)
                 if dst is not None and drawn is not None:
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    if not cv2.imwrite(str(dst), drawn if args.color == "bgr" else cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)):
-                        raise _user_error(f"could not write {dst}")
+                    _write_image(dst, drawn if args.color == "bgr" else cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
                 if not window.show(drawn):
                     break
                 if kind == "image" and len(jobs) == 1:
@@ -190,11 +266,16 @@ def cmd_run(args) -> int:
                 cv2.waitKey(0)
         else:
             _run_video(args, kind, pipeline, window, record, text)
+        if jsonl:
+            jsonl.publish()
     finally:
         window.close()
         if jsonl:
-            jsonl.close()
+            jsonl.discard()
     print(summary.text())
+    if summary.frames == 0:
+        print("farl-edge run: error: no input could be processed", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -214,7 +295,11 @@ def _run_video(args, kind, pipeline, window, record, text) -> None:
     total = loop.frame_count or None
     if args.max_frames and total:
         total = min(total, args.max_frames)
-    writer = None
+    from farl_edge.fileio import file_mode, pid_prefix, sweep_stale
+
+    writer = partial = None
+    if args.output:
+        sweep_stale(Path(args.output).parent, Path(args.output).name)
     fps_out = loop.source.fps if loop.source.fps and loop.source.fps > 0 else 25.0
     bar = tqdm(total=total, desc=f"run {pipeline.config.name}", unit="frame", disable=kind == "camera" and not total)
     try:
@@ -231,7 +316,9 @@ def _run_video(args, kind, pipeline, window, record, text) -> None:
                         h, w = drawn.shape[:2]
                         out = Path(args.output)
                         out.parent.mkdir(parents=True, exist_ok=True)
-                        writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*FOURCC[out.suffix.lower()]),
+                        # written under a temporary name (same suffix: it picks the container), renamed when final
+                        partial = out.with_name(f"{pid_prefix(out.name)}{out.suffix}")
+                        writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*FOURCC[out.suffix.lower()]),
                                                  fps_out, (w, h))
                         if not writer.isOpened():
                             raise _user_error(f"could not open {out} for writing")
@@ -241,7 +328,14 @@ def _run_video(args, kind, pipeline, window, record, text) -> None:
                     writer.write(drawn if args.color == "bgr" else cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
                 if not window.show(drawn):
                     break
-    finally:
-        bar.close()
         if writer is not None:
             writer.release()
+            writer = None
+            os.chmod(partial, file_mode())
+            os.replace(partial, out)
+    finally:
+        bar.close()
+        if writer is not None:  # interrupted or failed: the partial video is not published
+            writer.release()
+        if partial is not None and partial.exists():
+            partial.unlink()

@@ -11,7 +11,7 @@ What is accepted (and how it is read):
 | uint8 | as is |
 | uint16 (16-bit cameras, PNGs) | ``value >> 8`` (full 16-bit range → 8 bits) |
 | other integer types | clipped to 0..255 |
-| float16/32/64 | read as [0, 1] (×255, clipped; NaN → 0) |
+| float16/32/64 | read as [0, 1] (×255; NaN → 0); finite values outside [0, 1] are an error (0..255 floats) |
 
 Anything else — another number of dimensions or channels, booleans, complex numbers, objects,
 strings — raises :class:`FrameError` (a ``ValueError``) that says what was passed.
@@ -46,8 +46,12 @@ def _to_u8(a: np.ndarray) -> np.ndarray:
     if kind in "iu":
         return np.clip(a, 0, 255).astype(np.uint8)
     if kind == "f":
-        scaled = np.nan_to_num(a.astype(np.float32, copy=False), nan=0.0, posinf=1.0, neginf=0.0) * 255.0
-        return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+        f = np.nan_to_num(a.astype(np.float32, copy=False), nan=0.0, posinf=np.inf, neginf=-np.inf)
+        lo, hi = float(f.min()), float(f.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            hint = " (looks like 0..255: pass frame.astype(np.uint8), or divide by 255)" if hi > 2 else ""
+            raise FrameError(f"float frame has values in [{lo:.3g}, {hi:.3g}]; float frames must be in [0, 1]{hint}")
+        return np.clip(f * 255.0 + 0.5, 0, 255).astype(np.uint8)
     raise FrameError(f"frame dtype {a.dtype} is not an image type (use uint8, uint16 or float in [0, 1])")
 
 

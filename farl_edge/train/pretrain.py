@@ -115,11 +115,28 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     for key in ("shards", "output"):
         if not cfg[key]:
             raise ValueError(f"pre-training config needs {key!r}")
+    check_shards(cfg["shards"])
     if cfg["mim"]["target"] not in mim_lib.TARGETS:
         raise ValueError(f"mim.target must be one of {mim_lib.TARGETS}, not {cfg['mim']['target']!r}")
     if cfg["mim"]["target"] == "tokens" and not cfg["mim"]["tokenizer"]:
         raise ValueError("mim.target 'tokens' needs mim.tokenizer ('module:function', a .onnx or a TorchScript file)")
     return cfg
+
+
+def check_shards(shards) -> None:
+    """Every local shard named by the brace pattern(s) exists (remote URLs and pipes are not checked)."""
+    import webdataset as wds
+
+    patterns = [shards] if isinstance(shards, str) else list(shards)
+    urls = [u for pattern in patterns for u in wds.shardlists.expand_urls(str(pattern))]
+    if not urls:
+        raise ValueError(f"--shards {shards!r} names no shard")
+    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    missing = [u for u in local if not Path(u).is_file()]
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(urls)} shard files do not exist, e.g. {missing[0]}; "
+                         f"check --shards (brace notation: 'dir/{{000000..000009}}.tar'; "
+                         f"make shards with train/make_pretrain_shards.py)")
 
 
 class PretrainNet(nn.Module):
