@@ -334,24 +334,45 @@ def test_rtx_engine_runs_on_gpu(prepared, model, faces, tmp_path):
 # benchmarks/gpu_check (its CPU side)
 # ------------------------------------------------------------------------------------------
 
-def test_gpu_check_dry_run(tmp_path):
+def test_gpu_check_stages_faces_and_run_sh_plans(tmp_path):
+    """gpu_check.py stages faces laid out like ../shared/data; run.sh, the one-call wrapper, runs
+    `farl-edge bench --preset gpu` on them (here its --dry-run: the plan, nothing measured)."""
     import importlib.util as iu
+    import os
+    import subprocess
+    import sys
 
     from conftest import ROOT
 
-    script = ROOT / "benchmarks" / "gpu_check" / "gpu_check.py"
-    spec = iu.spec_from_file_location("gpu_check", script)
+    here = ROOT / "benchmarks" / "gpu_check"
+    spec = iu.spec_from_file_location("gpu_check", here / "gpu_check.py")
     mod = iu.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    faces = tmp_path / "faces"
-    faces.mkdir()
-    src = shared_data("300w", "test-helen")
-    for p in sorted(src.glob("*.jpg"))[:2]:
-        for suffix in (".jpg", ".pts"):
-            (faces / (p.stem + suffix)).write_bytes(p.with_suffix(suffix).read_bytes())
-    assert mod.main(["--dry-run", "--faces", str(faces), "--out", str(tmp_path / "out")]) == 0
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["dry_run"] and report["models"]["farl-b16-lapa-448"]["face_count"] == 2
-    assert report["models"]["farl-small-300w"]["faces"].startswith("farl-edge crops")
-    assert any("torch farl-b16-300w-448 compile-fp16" == p for p in report["plan"])
-    assert "nothing run on a GPU" in (tmp_path / "out" / "report.md").read_text()
+    data = tmp_path / "data"
+    copied = mod.stage_faces(2, dest=data, source=shared_data("300w", "test-helen").parents[1])
+    assert copied["300w/test-helen"] == 2 and copied["300w/train"] == 2
+    helen = sorted(p.name for p in (data / "300w" / "test-helen").iterdir())
+    assert len(helen) == 4 and {p.rsplit(".", 1)[1] for p in helen} == {"jpg", "pts"}
+    if "celebamask-hq/val" in copied:
+        assert len(list((data / "celebamask-hq" / "val" / "masks").glob("*.png"))) == 2
+
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "WHEELS": str(tmp_path / "no-wheels"), "BENCH_CACHE": str(tmp_path / "c"),
+           "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(here / "run.sh"), "--dry-run", "--data-root", str(data), "--quiet"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "farl-edge bench exit status 0" in (out / "bench.log").read_text()
+    assert (out / "environment.txt").is_file()
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["command"].startswith("farl-edge bench --preset gpu")
+    assert list(plan["models"]) == ["farl-small-300w", "farl-b16-lapa-448", "farl-b16-300w-448"]
+    assert plan["models"]["farl-small-300w"]["eval_data"] == str(data / "300w" / "test-helen")
+    assert plan["settings"]["device"] == "cuda" and plan["settings"]["budget_s"] == 400
+    rows = {(r["model"], r["target"], r["precision"]): r for r in plan["rows"]}
+    assert {("torch", "fp16"), ("torch", "bf16"), ("tensorrt", "fp16"), ("tensorrt", "int8")} <= {
+        (t, p) for _, t, p in rows}
+    if not HAS_GPU:
+        assert "NVIDIA GPU" in rows[("farl-b16-lapa-448", "tensorrt", "fp16")]["reason"]
+        assert "CUDA" in rows[("farl-b16-lapa-448", "torch", "fp16")]["reason"]
+    assert not (tmp_path / "c").exists()  # a dry run exports nothing

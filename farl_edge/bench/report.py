@@ -27,7 +27,8 @@ COLUMNS = [  # (key, header, format)
 CSV_COLUMNS = ["model", "target", "precision", "stage", "batch", "status", "reason", "size_mb", "metric_name", "metric",
                "delta", "cosine_mean", "cosine_min", "median_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "iters",
                "stable", "fps", "x_torch", "gmacs", "floor_ms", "x_floor", "pct_of_floor", "cold_start_ms", "load_ms",
-               "first_ms", "import_ms", "peak_rss_mb", "rss_baseline_mb", "rss_after_load_mb", "export_s",
+               "first_ms", "import_ms", "peak_rss_mb", "peak_gpu_mb", "rss_baseline_mb", "rss_after_load_mb",
+               "export_s",
                "export_validation", "artifact", "notes"]
 
 
@@ -67,6 +68,9 @@ def markdown(data: dict) -> str:
               f"- CPU: {cpu['model']} ({cpu['vendor']}), {cpu['physical_cores']} cores / {cpu['logical_cpus']} "
               f"logical, {cpu['mhz']:.0f} MHz ({cpu['mhz_source']})",
               f"- ISA flags: {' '.join(cpu['flags'])}",
+              *([f"- GPU: " + "; ".join(f"{g['name']} ({g['compute_capability']}, driver {g['driver']})"
+                                        for g in env["gpus"])] if env.get("gpus") else []),
+              *([f"- PyTorch rows on: {s['device']}"] if s.get("device", "cpu") != "cpu" else []),
               f"- threads: {s['threads']} (cores in the floor: {env['cores_used']})",
               "- peak rates used for the floor: " + ", ".join(
                   f"{d} {p['macs_per_cycle_core']} MACs/cycle/core ({p['isa']}) = {p['gmacs_per_s']:.0f} GMAC/s"
@@ -97,7 +101,7 @@ def markdown(data: dict) -> str:
             lines.append("| " + " | ".join(h for _, h, _ in cols) + " | notes |")
             lines.append("|" + " --- |" * (len(cols) + 1))
             for r in srows:
-                if r["status"] in ("unavailable", "failed", "unreliable"):
+                if r["status"] in ("unavailable", "failed", "unreliable", "skipped"):
                     cells = [_fmt(r.get(k), f) if k in ("target", "precision", "batch") else "–" for k, _, f in cols]
                     note = f"**{r['status']}**: {r['reason']}"
                 else:
@@ -105,6 +109,13 @@ def markdown(data: dict) -> str:
                     note = r["notes"]
                 lines.append("| " + " | ".join(cells) + f" | {note} |")
             lines.append("")
+    unstarted = [m for m in dict.fromkeys(r["model"] for r in data["rows"]) if m not in data["models"]]
+    if unstarted:
+        lines += ["## Not started", ""]
+        for m in unstarted:
+            rows = [r for r in data["rows"] if r["model"] == m]
+            lines.append(f"- {m}: {len(rows)} rows, {rows[0]['status']}: {rows[0]['reason']}")
+        lines.append("")
     if data.get("not_measured"):
         lines += ["## Not measured (no such path)", ""]
         seen = set()
@@ -120,10 +131,12 @@ def markdown(data: dict) -> str:
               "- cosine: mean over faces of the cosine between this row's main output (logits / heatmaps; "
               "embedding for the backbone stage) and PyTorch fp32's, same inputs.",
               "- latency: per call on real face crops (numpy in, numpy out), after warm-up; p99 from the "
-              "measured iterations (few iterations: p99 ≈ max). FPS = batch × 1000 / median.",
+              "measured iterations (few iterations: p99 ≈ max). FPS = batch × 1000 / median. GPU rows (PyTorch "
+              "CUDA, TensorRT) include the host↔device copies; PyTorch CUDA fp32 runs with TF32 off.",
               "- × torch: PyTorch eager fp32 median / this median (same model, stage and batch).",
               "- floor: GMACs × batch / (peak MACs/cycle/core of the row's data type × cores × MHz); "
-              "% of floor = 100 × floor / median (100 % = at the hardware limit).",
+              "% of floor = 100 × floor / median (100 % = at the hardware limit). The floor is this CPU's: "
+              "rows that run on a GPU or through Core ML have none.",
               "- cold start: load (with the runtime's sha256 check of the files) + first inference, fresh process; "
               "peak RSS: the process high-water mark over load, first inference and timing.",
               "- size: artifact files (PyTorch: fp32 parameters and buffers).",
@@ -242,6 +255,47 @@ def plot_pareto(data: dict, model: str, path: Path) -> None:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     _write_atomic(path, buf.getvalue())
+
+
+def plan_markdown(data: dict) -> str:
+    """The plan of a dry run: what would be measured, exported, and why the rest is not."""
+    s = data["settings"]
+    env = data["environment"]
+    lines = ["# farl-edge bench — plan (dry run)", "",
+             f"- command: `{data.get('command') or '(python API)'}`",
+             f"- platform: {env['platform']}; PyTorch rows on {s['device']}; GPU: "
+             + ("; ".join(f"{g['name']} ({g['compute_capability']})" for g in env["gpus"]) or "none"),
+             f"- batches {s['batches']}, stages {s['stages']}, time budget: "
+             + (f"{s['budget_s']:.0f} s" if s.get("budget_s") else "none"), "",
+             "| model | task | evaluation data | calibration data |", "| --- | --- | --- | --- |"]
+    for name, m in data["models"].items():
+        lines.append(f"| {name} | {m['task']} | {m['eval_data'] or '– (random timing inputs, no accuracy)'} | "
+                     f"{m['calib_data'] or '–'} |")
+    lines += ["", "| model | target | precision | stage | batch | status | artifact / reason |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in data["rows"]:
+        what = r.get("reason") or r.get("artifact") or ""
+        lines.append(f"| {r['model']} | {r['target']} | {r['precision']} | {r['stage']} | {r['batch']} | "
+                     f"{r['status']} | {what} |")
+    if data.get("exports"):
+        lines += ["", f"## Artifacts ({sum(not e['cached'] for e in data['exports'].values())} to export)", ""]
+        for name, e in data["exports"].items():
+            lines.append(f"- {name}: {'cached' if e['cached'] else 'export'} {e['target']} {e['precision']}"
+                         + (f" {e['export']}" if e["export"] else ""))
+    if data.get("not_measured"):
+        lines += ["", "## Not measured (no such path)", ""]
+        for key in dict.fromkeys((x["target"], x["precision"], x["reason"]) for x in data["not_measured"]):
+            lines.append(f"- {key[0]} {key[1]}: {key[2]}")
+    return "\n".join(lines) + "\n"
+
+
+def write_plan(data: dict, out: Path) -> dict[str, Path]:
+    out = Path(out)
+    paths = {"json": out / "plan.json", "md": out / "plan.md", "command": out / "command.txt"}
+    _write_atomic(paths["json"], json.dumps(data, indent=1, default=str) + "\n")
+    _write_atomic(paths["md"], plan_markdown(data))
+    _write_atomic(paths["command"], (data.get("command") or "(python API)") + "\n")
+    return paths
 
 
 def write_all(data: dict, out: Path) -> dict[str, Path]:

@@ -6,15 +6,21 @@
    checkpoint, or a seeded random init saved once as a checkpoint so that every row — PyTorch and
    every exported artifact — runs the same weights), count its GMACs (``count_macs``: total,
    backbone, head);
-2. plan the rows. Precision per target:
+2. plan the rows. Which targets and precisions exist, and how each exports, comes from the
+   formats table (:data:`farl_edge.export.formats.FORMATS`: ``Format.precisions``,
+   ``Format.int8_modes``, ``Format.options``): a format registered there is a bench target with
+   no change here. Precision per target:
 
    | target | fp32 | bf16 | fp16 | int8 |
    | --- | --- | --- | --- | --- |
-   | torch | eager fp32 | ``torch.autocast`` bf16 | – | – |
+   | torch (``device`` cpu) | eager fp32 | ``torch.autocast`` bf16 | – | – |
+   | torch (``device`` cuda) | eager fp32, TF32 off | autocast bf16 | autocast fp16 | – |
    | onnx | ORT, fused graph | – | fp16 graph | dynamic (default) or static QDQ |
    | openvino | fp32 IR, INFERENCE_PRECISION_HINT=f32 | the same fp32 IR, hint bf16 | fp16-compressed IR | NNCF PTQ (rest in the device default: bf16 on AMX) |
-   | tensorrt, tensorrt-rtx, coreml | engine / package | – | fp16 | int8 |
+   | any other format (tensorrt, tensorrt-rtx, coreml, ...) | each of ``Format.precisions``, exported as itself | | | |
 
+   The OpenVINO fp32/bf16 rows are the only bench-side settings (:data:`RUNTIME_VARIANTS`,
+   keyed by (target, precision)). ``precisions`` items may name a target (``tensorrt:fp16``).
    Targets that cannot run here (no NVIDIA GPU, not macOS, library missing) become rows with
    their reason; precisions a target has no path for are listed as "not measured". PyTorch fp32
    rows are always measured: they are the reference for "× torch", Δmetric and the cosine;
@@ -22,7 +28,12 @@
    ``cache/artifacts``: one fixed-batch artifact per batch size, as deployed; a failed parity
    validation keeps the artifact, marked failed, and the row says so);
 4. measure each row in a fresh subprocess (:mod:`farl_edge.bench.worker`);
-5. derive × torch, the compute floor, Δmetric; write the report (:mod:`farl_edge.bench.report`).
+5. derive × torch, the compute floor (rows that run on the host CPU only), Δmetric; write the
+   report (:mod:`farl_edge.bench.report`).
+
+``dry_run`` stops after the plan (no weights, no exports): rows, availability, the artifacts
+that would be exported and the data folders found, written to ``plan.json`` / ``plan.md``.
+``budget_s`` stops starting rows once that many seconds have passed: the rest are ``skipped``.
 
 Stages: ``full`` (the whole model), ``backbone`` and ``head``. PyTorch times ``model.features``
 and ``model.head`` (on precomputed features) separately. Exported backbones are the same ViT
@@ -33,6 +44,8 @@ full − backbone (marked "derived"). Stage rows run at the first batch size onl
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -47,32 +60,104 @@ from typing import Callable
 from farl_edge.bench import hardware
 from farl_edge.bench.timing import TimingPolicy
 
-ALL_TARGETS = ("torch", "onnx", "openvino", "tensorrt", "tensorrt-rtx", "coreml")
-ALL_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+ALL_PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # plus any other precision of the formats table
 STAGES = ("full", "backbone", "head")
+DEVICES = ("cpu", "cuda")  # where the PyTorch rows run (exported rows run where their runtime runs)
 METRIC = {"parsing": ("f1_mean", "higher"), "alignment": ("nme_io", "lower")}
-TORCH_PRECISIONS = {"fp32": None, "bf16": "torch.autocast(cpu, bfloat16)"}
-# target → precision → (export precision, runtime options, description)
-EXPORTED = {
-    "onnx": {"fp32": ("fp32", {}, "ONNX Runtime, fused graph"),
-             "fp16": ("fp16", {}, "ONNX Runtime fp16 graph (LayerNorm/Softmax fp32)"),
-             "int8": ("int8", {}, "ONNX Runtime INT8")},
-    "openvino": {"fp32": ("fp32", {"inference_precision": "f32"}, "OpenVINO fp32 IR, hint f32"),
-                 "bf16": ("fp32", {"inference_precision": "bf16"}, "OpenVINO fp32 IR, hint bf16"),
-                 "fp16": ("fp16", {}, "OpenVINO fp16-compressed IR"),
-                 "int8": ("int8", {}, "OpenVINO NNCF INT8 PTQ")},
+# device → PyTorch precisions (autocast dtype; fp32 = eager, and TF32 off on CUDA)
+TORCH_PRECISIONS = {"cpu": {"fp32": None, "bf16": "bfloat16"},
+                    "cuda": {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}}
+
+
+@dataclass(frozen=True)
+class ExportSetting:
+    """How a bench row of an exported target gets its artifact and opens it."""
+
+    precision: str  # the precision the export pipeline builds
+    runtime_options: dict = field(default_factory=dict)  # bench-only runtime options of the row's session
+    description: str = ""
+
+
+# Bench-only runtime variants, keyed by (target, precision): rows that open an artifact of another
+# export precision with extra runtime options. Every other row comes from the formats table.
+RUNTIME_VARIANTS: dict[tuple[str, str], ExportSetting] = {
+    ("openvino", "fp32"): ExportSetting("fp32", {"inference_precision": "f32"}, "OpenVINO fp32 IR, hint f32"),
+    ("openvino", "bf16"): ExportSetting("fp32", {"inference_precision": "bf16"}, "OpenVINO fp32 IR, hint bf16"),
 }
 NO_PATH = {
-    ("torch", "fp16"): "PyTorch CPU has no fast fp16 path (use bf16 autocast)",
-    ("torch", "int8"): "PyTorch eager INT8 is not part of farl-edge (exported INT8: onnx / openvino)",
+    ("torch", "fp16"): "PyTorch CPU has no fast fp16 path (use bf16 autocast; fp16 autocast runs with --device cuda)",
+    ("torch", "int8"): "PyTorch eager INT8 is not part of farl-edge (exported INT8: the export targets)",
     ("onnx", "bf16"): "ONNX Runtime's CPU provider has no bf16 kernels for this graph",
 }
+
+
+def known_targets() -> tuple[str, ...]:
+    """torch and every export format of the formats table."""
+    from farl_edge.export.formats import FORMATS
+
+    return ("torch", *FORMATS)
+
+
+def known_precisions() -> tuple[str, ...]:
+    from farl_edge.export.formats import FORMATS
+
+    return tuple(dict.fromkeys([*ALL_PRECISIONS, *(p for f in FORMATS.values() for p in f.precisions)]))
+
+
+def export_setting(target: str, precision: str) -> ExportSetting | None:
+    """The export precision + runtime options of an exported target's row, or None: no such path."""
+    from farl_edge.export.formats import FORMATS
+
+    fmt = FORMATS.get(target)
+    if fmt is None:
+        return None
+    variant = RUNTIME_VARIANTS.get((target, precision))
+    if variant is not None:
+        return variant if variant.precision in fmt.precisions else None
+    if precision in fmt.precisions:
+        return ExportSetting(precision, {}, fmt.description)
+    return None
+
+
+def int8_mode_for(fmt, preferred: str) -> str:
+    """The bench's preferred int8 mode where the format offers it, else the format's default."""
+    return preferred if preferred in fmt.int8_modes else fmt.int8_modes[0]
+
+
+def runs_on_host_cpu(target: str, device: str = "cpu") -> bool:
+    """Whether a row's compute runs on this CPU (the floor applies only then)."""
+    if target == "torch":
+        return device == "cpu"
+    from farl_edge.export.formats import FORMATS
+
+    fmt = FORMATS.get(target)
+    return fmt is not None and fmt.notes.get("run_needs", "CPU").startswith("CPU")
+
+
+@functools.lru_cache(maxsize=None)
+def backend_takes(backend: str, option: str) -> bool:
+    """Whether runtime backend ``backend``'s runner takes ``option`` (e.g. ``threads``: the CPU
+    runtimes), read from the signature of the runner class its ``open`` returns."""
+    import importlib
+    import inspect
+    import typing
+
+    from farl_edge.runtime.backends import BACKENDS
+
+    try:
+        module = importlib.import_module(BACKENDS[backend])
+        runner = typing.get_type_hints(module.open).get("return")
+        params = inspect.signature(runner if runner is not None else module.open).parameters
+    except Exception:  # unknown backend, missing annotations: pass nothing extra
+        return False
+    return option in params
 
 
 @dataclass
 class BenchConfig:
     models: list[str]
     targets: list[str] = field(default_factory=lambda: ["torch", "onnx", "openvino"])
+    # precisions for every target; "TARGET:PRECISION" items apply to that target only
     precisions: list[str] = field(default_factory=lambda: ["fp32", "bf16", "int8"])
     batches: list[int] = field(default_factory=lambda: [1, 8])
     stages: list[str] = field(default_factory=lambda: list(STAGES))
@@ -86,7 +171,12 @@ class BenchConfig:
     seed: int = 0
     calib_size: int = 32
     export_eval_size: int = 4  # faces of the export's own parity validation (the bench measures accuracy itself)
-    onnx_int8_mode: str = "dynamic"
+    onnx_int8_mode: str = "dynamic"  # preferred int8 mode, used by every format that offers it (else its default)
+    export_options: dict = field(default_factory=dict)  # target → builder options (Format.options)
+    device: str = "cpu"  # PyTorch rows: cpu or cuda
+    data_root: Path | None = None  # folder laid out like ../shared/data (evaluation + calibration faces)
+    budget_s: float | None = None  # stop starting rows after this many seconds (the rest: skipped)
+    dry_run: bool = False  # plan only: nothing is exported or measured
     cpu_mhz: float | None = None
     worker_timeout: float = 3600.0
     export_only: bool = False  # fill the artifact cache, measure nothing (exports need no quiet machine)
@@ -94,27 +184,54 @@ class BenchConfig:
     log: Callable[[str], None] = print
 
     def __post_init__(self):
-        bad = [t for t in self.targets if t not in ALL_TARGETS]
+        from farl_edge.export.formats import FORMATS
+
+        targets, precisions = known_targets(), known_precisions()
+        bad = [t for t in self.targets if t not in targets]
         if bad:
-            raise ValueError(f"unknown targets {bad}; known: {', '.join(ALL_TARGETS)}")
-        bad = [p for p in self.precisions if p not in ALL_PRECISIONS]
+            raise ValueError(f"unknown targets {bad}; known: {', '.join(targets)}")
+        bad = [p for p in self.precisions if p.rpartition(":")[2] not in precisions
+               or (":" in p and p.rpartition(":")[0] not in targets)]
         if bad:
-            raise ValueError(f"unknown precisions {bad}; known: {', '.join(ALL_PRECISIONS)}")
+            raise ValueError(f"unknown precisions {bad}; known: {', '.join(precisions)} "
+                             f"(optionally as TARGET:PRECISION, targets {', '.join(targets)})")
         bad = [s for s in self.stages if s not in STAGES]
         if bad or "full" not in self.stages:
             raise ValueError(f"stages must include 'full' and be among {STAGES}, not {self.stages}")
         if not self.batches or any(int(b) < 1 for b in self.batches):
             raise ValueError("batch sizes must be >= 1")
         self.batches = sorted({int(b) for b in self.batches})
-        if self.onnx_int8_mode not in ("dynamic", "static"):
-            raise ValueError("onnx int8 mode must be 'dynamic' or 'static'")
+        modes = sorted({m for f in FORMATS.values() for m in f.int8_modes})
+        if self.onnx_int8_mode not in modes:
+            raise ValueError(f"int8 mode must be one of {', '.join(modes)}, not {self.onnx_int8_mode!r}")
+        for target, opts in self.export_options.items():
+            if target not in FORMATS:
+                raise ValueError(f"export options for unknown target {target!r}; known: {', '.join(FORMATS)}")
+            unknown = sorted(set(opts) - set(FORMATS[target].options))
+            if unknown:
+                raise ValueError(f"target {target!r} takes no option {', '.join(unknown)}; its options: "
+                                 f"{', '.join(FORMATS[target].options) or 'none'}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if self.budget_s is not None and self.budget_s <= 0:
+            raise ValueError("the time budget must be > 0 seconds")
         if self.checkpoint and len(self.models) != 1:
             raise ValueError("--checkpoint applies to one model only")
         if self.eval_limit < 0 or self.calib_size < 1:
             raise ValueError("--eval-limit must be >= 0 and the calibration size >= 1")
         self.out = Path(self.out)
         self.cache = Path(self.cache) if self.cache else self.out / "cache"
+        self.data_root = Path(self.data_root) if self.data_root else None
         self.threads = int(self.threads or os.cpu_count() or 1)
+
+    def precisions_for(self, target: str) -> list[str]:
+        """This run's precisions for ``target`` (plain items, plus the ``target:precision`` ones)."""
+        out = []
+        for item in self.precisions:
+            t, sep, precision = item.rpartition(":")
+            if not sep or t == target:
+                out.append(precision)
+        return list(dict.fromkeys(out))
 
 
 @dataclass
@@ -139,12 +256,25 @@ class Row:
 
 
 # ----------------------------------------------------------------------------- availability
-def target_availability(target: str) -> tuple[bool, str]:
+def torch_availability(device: str = "cpu") -> tuple[bool, str]:
+    if device == "cpu":
+        return True, ""
+    try:
+        import torch
+    except ImportError:
+        return False, "torch is not installed"
+    if not torch.cuda.is_available():
+        return False, (f"torch {torch.__version__} sees no CUDA GPU (--device cuda needs an NVIDIA GPU and a CUDA "
+                       f"build of torch)")
+    return True, ""
+
+
+def target_availability(target: str, device: str = "cpu") -> tuple[bool, str]:
     """(can run here, reason) for a target (the export format's builder and its runtime backend)."""
     import importlib
 
     if target == "torch":
-        return True, ""
+        return torch_availability(device)
     from farl_edge.export.formats import FORMATS
     from farl_edge.runtime.backends import available_backends
 
@@ -170,28 +300,42 @@ def target_availability(target: str) -> tuple[bool, str]:
     return False, "; ".join(parts)
 
 
-def plan(cfg: BenchConfig, availability: Callable[[str], tuple[bool, str]] = target_availability):
+def row_path(cfg: BenchConfig, target: str, precision: str) -> bool:
+    """Whether (target, precision) has a path: PyTorch on cfg.device, or the formats table."""
+    if target == "torch":
+        return precision in TORCH_PRECISIONS[cfg.device]
+    return export_setting(target, precision) is not None
+
+
+def no_path_reason(cfg: BenchConfig, target: str, precision: str) -> str:
+    from farl_edge.export.formats import FORMATS
+
+    if target == "torch" and cfg.device != "cpu":
+        return f"PyTorch on {cfg.device} runs {', '.join(TORCH_PRECISIONS[cfg.device])}"
+    if (target, precision) in NO_PATH:
+        return NO_PATH[(target, precision)]
+    fmt = FORMATS.get(target)
+    if fmt is not None:
+        return f"{target} exports {', '.join(fmt.precisions)} (formats table), not {precision}"
+    return f"{target} has no {precision} path"
+
+
+def plan(cfg: BenchConfig, availability: Callable[[str], tuple[bool, str]] | None = None):
     """(rows to measure or list as unavailable, [(target, precision, why) not measured])."""
+    if availability is None:
+        availability = lambda t: target_availability(t, cfg.device)  # noqa: E731 - looked up at call time
     rows: list[Row] = []
     skipped: list[dict] = []
     avail = {t: availability(t) for t in dict.fromkeys(["torch", *cfg.targets])}
     for model in cfg.models:
         targets = list(dict.fromkeys(["torch", *cfg.targets]))
         for target in targets:
-            precisions = list(cfg.precisions)
+            precisions = cfg.precisions_for(target)
             if target == "torch" and "fp32" not in precisions:
                 precisions.insert(0, "fp32")  # the reference is always measured
             for precision in precisions:
-                if target == "torch":
-                    supported = precision in TORCH_PRECISIONS
-                elif target in EXPORTED:
-                    supported = precision in EXPORTED[target]
-                else:
-                    from farl_edge.export.formats import FORMATS
-
-                    supported = target in FORMATS and precision in FORMATS[target].precisions
-                if not supported:
-                    why = NO_PATH.get((target, precision), f"{target} has no {precision} path")
+                if not row_path(cfg, target, precision):
+                    why = no_path_reason(cfg, target, precision)
                     skipped.append({"model": model, "target": target, "precision": precision, "reason": why})
                     continue
                 ok, why = avail[target]
@@ -225,7 +369,6 @@ class ModelInfo:
 def resolve_weights(cfg: BenchConfig, name: str, log) -> ModelInfo:
     import torch
 
-    from farl_edge.export.calibration import shared_data_dir
     from farl_edge.models import create_model
     from farl_edge.models.complexity import count_macs
     from farl_edge.registry import get_config, weights_path
@@ -254,10 +397,24 @@ def resolve_weights(cfg: BenchConfig, name: str, log) -> ModelInfo:
     params = sum(p.numel() for p in model.parameters())
     nbytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     task = mcfg.task
-    eval_dir = shared_data_dir(task, "eval")
-    calib_dir = shared_data_dir(task, "calib")
+    eval_dir = data_dir(task, "eval", cfg.data_root)
+    calib_dir = data_dir(task, "calib", cfg.data_root)
     return ModelInfo(name, mcfg, ckpt, ckpt is None, weights, gmacs, params / 1e6, nbytes,
                      str(eval_dir) if eval_dir else None, str(calib_dir) if calib_dir else None)
+
+
+def data_dir(task: str, which: str, root: Path | None = None) -> Path | None:
+    """The evaluation / calibration faces of a task: ``root`` laid out like ../shared/data (e.g.
+    ``300w/test-helen``), or the shared data itself when ``root`` is None; None when absent."""
+    from farl_edge.export.calibration import DEFAULT_CALIB, DEFAULT_EVAL, shared_data_dir
+
+    if root is None:
+        return shared_data_dir(task, which)
+    table = DEFAULT_CALIB if which == "calib" else DEFAULT_EVAL
+    if task not in table:
+        return None
+    path = Path(root).joinpath(*table[task])
+    return path if path.is_dir() else None
 
 
 def _changed_keys(recorded: dict, current: dict, keys) -> list[str]:
@@ -285,8 +442,29 @@ def backbone_module(info: ModelInfo):
 
 
 # ----------------------------------------------------------------------------- exports
+def export_kwargs(cfg: BenchConfig, target: str, export_precision: str) -> dict:
+    """What the export pipeline gets besides the model, for this target (from the formats table)."""
+    from farl_edge.export.formats import get_format
+
+    fmt = get_format(target)
+    kwargs: dict = {}
+    if export_precision == "int8":
+        kwargs["int8_mode"] = int8_mode_for(fmt, cfg.onnx_int8_mode)
+    if cfg.export_options.get(target):
+        kwargs["options"] = dict(cfg.export_options[target])
+    return kwargs
+
+
 def artifact_dir(cfg: BenchConfig, row: Row, export_precision: str) -> Path:
-    extra = f"-{cfg.onnx_int8_mode}" if row.target == "onnx" and export_precision == "int8" else ""
+    from farl_edge.export.formats import get_format
+
+    fmt = get_format(row.target)
+    extra = ""
+    if export_precision == "int8" and len(fmt.int8_modes) > 1:  # the mode is a choice: part of the name
+        extra += f"-{int8_mode_for(fmt, cfg.onnx_int8_mode)}"
+    options = cfg.export_options.get(row.target)
+    if options:
+        extra += "-o" + hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
     return cfg.cache / "artifacts" / f"{row.model}-{row.stage}-{row.target}-{export_precision}{extra}-b{row.batch}"
 
 
@@ -327,10 +505,13 @@ def source_weights_sha(info: ModelInfo) -> str | None:
 
 def ensure_artifact(cfg: BenchConfig, info: ModelInfo, row: Row, log) -> tuple[Path, dict]:
     """The cached artifact for ``row`` (exported now when missing) and export facts for the report."""
-    from farl_edge.export.pipeline import export
+    from farl_edge.export import pipeline
     from farl_edge.export.validate import ParityError
 
-    export_precision = EXPORTED[row.target][row.precision][0]
+    setting = export_setting(row.target, row.precision)
+    if setting is None:
+        raise ValueError(f"{row.target} has no {row.precision} path ({no_path_reason(cfg, row.target, row.precision)})")
+    export_precision = setting.precision
     dest = artifact_dir(cfg, row, export_precision)
     manifest_path = dest / "manifest.json"
     facts: dict = {"artifact": str(dest)}
@@ -348,11 +529,10 @@ def ensure_artifact(cfg: BenchConfig, info: ModelInfo, row: Row, log) -> tuple[P
             kwargs["eval_data"] = info.eval_dir
         if info.calib_dir and export_precision == "int8":
             kwargs["calib"] = info.calib_dir
-        if row.target == "onnx" and export_precision == "int8":
-            kwargs["int8_mode"] = cfg.onnx_int8_mode
+        kwargs.update(export_kwargs(cfg, row.target, export_precision))
         t0 = time.time()
         try:
-            export(model, row.target, export_precision, **kwargs)
+            pipeline.export(model, row.target, export_precision, **kwargs)
         except ParityError as e:
             log(f"  {dest.name}: parity validation failed (kept, marked failed): "
                 + ", ".join(f"{c.stage}/{c.name}" for c in e.report.failed))
@@ -360,8 +540,10 @@ def ensure_artifact(cfg: BenchConfig, info: ModelInfo, row: Row, log) -> tuple[P
         _source_sidecar(dest).write_text(json.dumps({"model": info.name, "sha256": source_weights_sha(info)}))
     manifest = json.loads(manifest_path.read_text())
     facts["size_mb"] = sum(f["bytes"] for f in manifest["files"].values()) / 1e6
-    facts["export_validation"] = "passed" if manifest.get("status") == "ok" else \
-        f"failed: {manifest.get('failure', '?')}"
+    status = manifest.get("status")
+    facts["export_validation"] = "passed" if status == "ok" else (
+        f"unvalidated: {manifest.get('validation', {}).get('reason', '?')}" if status == "unvalidated"
+        else f"failed: {manifest.get('failure', '?')}")
     build = manifest.get("build", {})
     if "quantization" in build:
         q = build["quantization"]
@@ -426,13 +608,22 @@ def measure_row(cfg: BenchConfig, info: ModelInfo, row: Row, inputs: dict, refs:
             "precision": row.precision, "stage": row.stage, "batch": row.batch, "threads": cfg.threads,
             "policy": cfg.policy.to_dict(), "timing_input": inputs["timing"]}
     if row.target == "torch":
+        spec["device"] = cfg.device
         row.data["size_mb"] = info.param_bytes / 1e6
-        if row.precision == "bf16":
+        if row.precision != "fp32":
             row.notes.append("autocast: weights stay fp32")
+        elif cfg.device == "cuda":
+            row.notes.append("CUDA, TF32 off")
     else:
+        from farl_edge.export.formats import get_format
+
+        backend = get_format(row.target).backend
         path, facts = ensure_artifact(cfg, info, row, log)
         spec["artifact"] = str(path)
-        spec["runtime_options"] = {"threads": cfg.threads, **EXPORTED[row.target][row.precision][1]}
+        spec["backend"] = backend
+        # threads only for the runtimes that take a thread count (the CPU ones), then the row's own options
+        spec["runtime_options"] = {**({"threads": cfg.threads} if backend_takes(backend, "threads") else {}),
+                                   **export_setting(row.target, row.precision).runtime_options}
         row.data.update({k: v for k, v in facts.items() if k != "artifact"})
         row.data["artifact"] = path.name
         if not facts["export_validation"].startswith("passed"):
@@ -463,6 +654,8 @@ def measure_row(cfg: BenchConfig, info: ModelInfo, row: Row, inputs: dict, refs:
         "peak_rss_mb": result["peak_rss_mb"], "rss_baseline_mb": result["rss_baseline_mb"],
         "rss_after_load_mb": result["rss_after_load_mb"], "samples_ms": t["samples_ms"],
     })
+    if result.get("peak_gpu_mb") is not None:
+        row.data["peak_gpu_mb"] = result["peak_gpu_mb"]
     if "session" in result:
         row.data["session"] = result["session"]
         used = result["session"].get("inference_precision_used")
@@ -478,12 +671,15 @@ def measure_row(cfg: BenchConfig, info: ModelInfo, row: Row, inputs: dict, refs:
 
 
 # ----------------------------------------------------------------------------- derived columns
-def derive(rows: list[Row], infos: dict, cpu: hardware.CpuInfo, threads: int, batches: list[int]) -> None:
-    """× torch, GMACs, floor, Δmetric; head stage of exported targets = full − backbone."""
+def derive(rows: list[Row], infos: dict, cpu: hardware.CpuInfo, threads: int, batches: list[int],
+           device: str = "cpu") -> None:
+    """× torch, GMACs, floor (rows on the host CPU), Δmetric; head stage of exported targets = full − backbone.
+    Rows of models that never started (time budget) are left as they are."""
     by_key = {r.key: r for r in rows}
     cores = hardware.cores_used(cpu, threads)
     for r in rows:
-        info = infos[r.model]
+        if r.model not in infos:
+            continue
         if r.status == "derived":
             full = by_key.get((r.model, r.target, r.precision, "full", r.batch))
             bb = by_key.get((r.model, r.target, r.precision, "backbone", r.batch))
@@ -498,18 +694,23 @@ def derive(rows: list[Row], infos: dict, cpu: hardware.CpuInfo, threads: int, ba
                     r.status, r.reason = "unreliable", (
                         f"derived head time is not positive (full {full.data['median_ms']:.1f} ms, backbone "
                         f"{bb.data['median_ms']:.1f} ms): timing noise; rerun on an idle machine")
+            elif any(x is not None and x.status == "skipped" for x in (full, bb)):
+                r.status, r.reason = "skipped", "its full or backbone row was skipped (time budget)"
             else:
                 r.status, r.reason = "failed", "needs measured full and backbone rows"
     for r in rows:
-        info = infos[r.model]
+        info = infos.get(r.model)
+        if info is None:
+            continue
         gm = info.gmacs.get({"full": "total"}.get(r.stage, r.stage), info.gmacs["total"])
         r.data["gmacs"] = gm
         if r.data.get("median_ms"):
-            dtype = r.precision
-            fl = hardware.floor_ms(gm, dtype, cpu.flags, cores, cpu.mhz, r.batch)
-            r.data["floor_ms"] = fl
-            r.data["x_floor"] = r.data["median_ms"] / fl
-            r.data["pct_of_floor"] = 100.0 * fl / r.data["median_ms"]
+            # The floor is this CPU's: rows that run on a GPU / Core ML get none.
+            if r.precision in hardware.DTYPES and runs_on_host_cpu(r.target, device):
+                fl = hardware.floor_ms(gm, r.precision, cpu.flags, cores, cpu.mhz, r.batch)
+                r.data["floor_ms"] = fl
+                r.data["x_floor"] = r.data["median_ms"] / fl
+                r.data["pct_of_floor"] = 100.0 * fl / r.data["median_ms"]
             ref = by_key.get((r.model, "torch", "fp32", r.stage, r.batch))
             if ref and ref.data.get("median_ms"):
                 r.data["x_torch"] = ref.data["median_ms"] / r.data["median_ms"]
@@ -530,7 +731,17 @@ def derive(rows: list[Row], infos: dict, cpu: hardware.CpuInfo, threads: int, ba
                 r.data["delta"] = r.data["metric"] - ref.data["metrics"][metric]
 
 
-def environment(cpu: hardware.CpuInfo, threads: int) -> dict:
+def gpus() -> list[dict]:
+    """This machine's NVIDIA GPUs through the CUDA driver ([] without one); torch-free."""
+    try:
+        from farl_edge.runtime.backends.tensorrt_backend import cuda_devices
+
+        return cuda_devices()
+    except Exception:  # noqa: BLE001 - no driver, no GPU: nothing to list
+        return []
+
+
+def environment(cpu: hardware.CpuInfo, threads: int, device: str = "cpu") -> dict:
     from farl_edge.export.manifest import library_versions
 
     versions = library_versions()
@@ -541,43 +752,111 @@ def environment(cpu: hardware.CpuInfo, threads: int) -> dict:
             versions[extra] = metadata.version(extra)
         except metadata.PackageNotFoundError:
             pass
+    if device == "cuda":
+        try:
+            import torch
+
+            versions["torch_cuda"] = torch.version.cuda
+        except ImportError:
+            pass
     cores = hardware.cores_used(cpu, threads)
     return {"cpu": cpu.to_dict(), "isa": cpu.isa, "machine_class": cpu.machine_class(threads), "threads": threads,
             "cores_used": cores, "peak": hardware.peak_table(cpu, cores), "platform": platform.platform(),
-            "versions": versions}
+            "device": device, "gpus": gpus(), "versions": versions}
 
 
 # ----------------------------------------------------------------------------- entry point
+def settings(cfg: BenchConfig) -> dict:
+    return {"targets": cfg.targets, "precisions": cfg.precisions, "batches": cfg.batches, "stages": cfg.stages,
+            "threads": cfg.threads, "device": cfg.device, "timing": cfg.policy.to_dict(), "eval_limit": cfg.eval_limit,
+            "calib_size": cfg.calib_size, "onnx_int8_mode": cfg.onnx_int8_mode, "export_options": cfg.export_options,
+            "export_eval_size": cfg.export_eval_size, "budget_s": cfg.budget_s,
+            "data_root": str(cfg.data_root) if cfg.data_root else None,
+            "measurement": "one fresh subprocess per row (peak RSS, cold start)"}
+
+
+def dry_run(cfg: BenchConfig, rows: list[Row], skipped: list[dict]) -> dict:
+    """The plan without running it: rows, the artifacts each exported row needs, the data found."""
+    from farl_edge.bench import report
+    from farl_edge.registry import get_config
+
+    exports: dict[str, dict] = {}
+    for r in rows:
+        if r.target == "torch" or r.status != "planned":
+            continue
+        setting = export_setting(r.target, r.precision)
+        dest = artifact_dir(cfg, r, setting.precision)
+        exports.setdefault(dest.name, {"target": r.target, "precision": setting.precision, "stage": r.stage,
+                                       "batch": r.batch, "cached": (dest / "manifest.json").is_file(),
+                                       "export": export_kwargs(cfg, r.target, setting.precision)})
+        r.data["artifact"] = dest.name
+        if setting.runtime_options:
+            r.data["runtime_options"] = setting.runtime_options
+    models = {}
+    for name in cfg.models:
+        task = get_config(name).task
+        found = {which: data_dir(task, which, cfg.data_root) for which in ("eval", "calib")}
+        models[name] = {"task": task, **{f"{k}_data": str(v) if v else None for k, v in found.items()}}
+    data = {"dry_run": True, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": cfg.command,
+            "environment": {"platform": platform.platform(), "device": cfg.device, "gpus": gpus()},
+            "settings": settings(cfg), "models": models, "rows": [r.to_dict() for r in rows],
+            "not_measured": skipped, "exports": exports}
+    report.write_plan(data, cfg.out)
+    return data
+
+
 def run_bench(cfg: BenchConfig) -> dict:
     """Run the whole matrix; returns the report dict (also written to ``cfg.out``)."""
     from farl_edge.bench import report
 
     log = cfg.log
     started = time.time()
-    cpu = hardware.detect_cpu(cfg.cpu_mhz)
-    env = environment(cpu, cfg.threads)
-    log(f"{cpu.model}: {cpu.isa}, {env['cores_used']} cores at {cpu.mhz:.0f} MHz ({cpu.mhz_source}), "
-        f"{cfg.threads} threads")
     rows, skipped = plan(cfg)
+    if cfg.dry_run:
+        return dry_run(cfg, rows, skipped)
+    cpu = hardware.detect_cpu(cfg.cpu_mhz)
+    env = environment(cpu, cfg.threads, cfg.device)
+    log(f"{cpu.model}: {cpu.isa}, {env['cores_used']} cores at {cpu.mhz:.0f} MHz ({cpu.mhz_source}), "
+        f"{cfg.threads} threads" + "".join(f"; GPU {g['name']} ({g['compute_capability']})" for g in env["gpus"]))
     infos: dict[str, ModelInfo] = {}
     refs: dict = {}
+
+    def spent() -> bool:
+        return cfg.budget_s is not None and time.time() - started > cfg.budget_s
+
+    def skip(r: Row) -> None:
+        r.status, r.reason = "skipped", f"time budget of {cfg.budget_s:.0f} s spent before this row"
+
     for model in cfg.models:
+        mine = [r for r in rows if r.model == model and r.status == "planned"]
+        if spent():
+            for r in rows:
+                if r.model == model and r.status in ("planned", "derived"):
+                    skip(r)
+            log(f"{model}: skipped (time budget of {cfg.budget_s:.0f} s spent)")
+            continue
         info = resolve_weights(cfg, model, log)
         infos[model] = info
         if cfg.export_only:
-            for r in rows:
-                if r.model == model and r.status == "planned" and r.target != "torch":
-                    try:
-                        ensure_artifact(cfg, info, r, log)
-                    except Exception as e:
-                        log(f"  export failed: {type(e).__name__}: {e}"[:300])
+            for r in mine:
+                if r.target == "torch":
+                    continue
+                if spent():
+                    skip(r)
+                    continue
+                try:
+                    ensure_artifact(cfg, info, r, log)
+                except Exception as e:
+                    log(f"  export failed: {type(e).__name__}: {e}"[:300])
             continue
         inputs = prepare_inputs(cfg, info)
         info_inputs = inputs["source"]
         # torch fp32 first (the reference), then the rest in plan order
-        mine = [r for r in rows if r.model == model and r.status == "planned"]
         mine.sort(key=lambda r: (not (r.target == "torch" and r.precision == "fp32"), ))
         for r in mine:
+            if spent():
+                skip(r)
+                continue
             try:
                 measure_row(cfg, info, r, inputs, refs, log)
             except Exception as e:  # an export that crashes is a failed row, not a failed bench
@@ -586,16 +865,12 @@ def run_bench(cfg: BenchConfig) -> dict:
         info.__dict__["inputs_source"] = info_inputs
     if cfg.export_only:
         return {"export_only": True, "cache": str(cfg.cache)}
-    derive(rows, infos, cpu, cfg.threads, cfg.batches)
+    derive(rows, infos, cpu, cfg.threads, cfg.batches, cfg.device)
     data = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": cfg.command,
         "environment": env,
-        "settings": {"targets": cfg.targets, "precisions": cfg.precisions, "batches": cfg.batches,
-                     "stages": cfg.stages, "threads": cfg.threads, "timing": cfg.policy.to_dict(),
-                     "eval_limit": cfg.eval_limit, "calib_size": cfg.calib_size,
-                     "onnx_int8_mode": cfg.onnx_int8_mode, "export_eval_size": cfg.export_eval_size,
-                     "measurement": "one fresh subprocess per row (peak RSS, cold start)"},
+        "settings": settings(cfg),
         "models": {n: {"task": i.cfg.task, "input_size": i.cfg.input_size, "weights": i.weights,
                        "gmacs": i.gmacs, "params_m": i.params_m, "eval_data": i.__dict__.get("inputs_source"),
                        "metric": METRIC.get(i.cfg.task, (None,))[0]} for n, i in infos.items()},

@@ -5,11 +5,14 @@ A fresh process per row makes the peak RSS and the cold start honest: nothing of
 
 Order inside the process:
 1. baseline RSS (python, numpy, cv2, farl_edge's torch-free modules);
-2. import of the backend library (``import_ms``);
+2. import of the backend library (``import_ms``: torch, or the runtime backend of the artifact's
+   manifest and the library its runner uses);
 3. load (``load_ms``: ``farl_edge.runtime.load`` with its default sha256 check of the files, or
    ``create_model`` + weights for torch) and the first inference (``first_ms``):
    ``cold_start_ms = load_ms + first_ms`` (files are in the OS page cache: a warm-disk cold start);
-4. the adaptive timing loop (:mod:`farl_edge.bench.timing`) on real face crops;
+4. the adaptive timing loop (:mod:`farl_edge.bench.timing`) on real face crops. PyTorch rows run on
+   ``spec["device"]`` (cpu, or cuda: fp32 with TF32 off, fp16 / bf16 autocast; the whole model
+   numpy in, numpy out like the artifacts, the stages synchronised after each call);
 5. peak RSS = the kernel's high-water mark (``getrusage`` ru_maxrss) at this point, i.e. over
    load, first inference and timing; ``psutil`` gives the baseline and after-load RSS;
 6. accuracy (only when the spec asks): the task metric through :func:`farl_edge.evaluate.evaluate`
@@ -71,26 +74,49 @@ def _torch_setup(spec):
     return torch
 
 
+AUTOCAST = {"bf16": "bfloat16", "fp16": "float16"}
+
+
 def _open_torch(spec):
-    """(predictor for eval, timed fn factory) for a torch row."""
+    """(predictor for eval, timed fn factory) for a torch row, on ``spec["device"]`` (cpu or cuda)."""
     torch = _torch_setup(spec)
     from farl_edge.models import create_model
     from farl_edge.models.predictor import TorchPredictor
 
+    device = spec.get("device") or "cpu"
     model = create_model(spec["model"], checkpoint=spec.get("checkpoint"), pretrained=bool(spec.get("pretrained", True)))
-    dtype = torch.bfloat16 if spec["precision"] == "bf16" else None
+    if device != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32: the reference
+        torch.backends.cudnn.allow_tf32 = False
+        model = model.to(device)
+    dtype = getattr(torch, AUTOCAST[spec["precision"]]) if spec["precision"] in AUTOCAST else None
     stage = spec["stage"]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def ctx():
         import contextlib
 
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
-        stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None))
+        stack.enter_context(torch.autocast(device, dtype=dtype or torch.bfloat16, enabled=dtype is not None))
         return stack
 
+    def tensor(batch):
+        return torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(device)
+
     if stage == "full":
-        predictor = TorchPredictor(model, dtype=dtype)
+        if device == "cpu":
+            predictor = TorchPredictor(model, dtype=dtype)
+        else:
+            class DevicePredictor:  # numpy in, numpy out: host↔device copies timed, as for TensorRT
+                config = model.cfg
+
+                def __call__(self, batch):
+                    with ctx():
+                        out = model(tensor(batch))
+                    out = out if isinstance(out, tuple) else (out,)
+                    return {n: t.float().cpu().numpy() for n, t in zip(model.output_names, out)}
+            predictor = DevicePredictor()
 
         def make_fn(batch):
             return lambda: predictor(batch)
@@ -101,22 +127,26 @@ def _open_torch(spec):
 
         def __call__(self, batch):
             with ctx():
-                emb = model.backbone(model.normalize(torch.from_numpy(np.ascontiguousarray(batch, np.float32))))
-            return {"embedding": emb.float().numpy()}
+                emb = model.backbone(model.normalize(tensor(batch)))
+            return {"embedding": emb.float().cpu().numpy()}
 
     def make_fn(batch):
-        x = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
+        x = tensor(batch)
         if stage == "backbone":
             def fn():
                 with ctx():
-                    return model.features(x)
+                    out = model.features(x)
+                sync()
+                return out
             return fn
         with ctx():
             feats = [f.clone() for f in model.features(x)]
 
         def fn():
             with ctx():
-                return model.head(feats)
+                out = model.head(feats)
+            sync()
+            return out
         return fn
 
     return BackbonePredictor(), make_fn
@@ -133,13 +163,32 @@ def _open_artifact(spec):
     return session, make_fn
 
 
-def _import_backend(target: str) -> None:
-    if target == "torch":
+# runtime backend → the library its runner imports (timed as import_ms, apart from the load)
+BACKEND_LIBRARIES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "coreml": "coremltools"}
+
+
+def _import_backend(spec: dict) -> None:
+    import importlib
+    import importlib.util
+
+    if spec["target"] == "torch":
         import torch  # noqa: F401
-    elif target == "onnx":
-        import onnxruntime  # noqa: F401
-    elif target == "openvino":
-        import openvino  # noqa: F401
+        return
+    from farl_edge.runtime.backends import BACKENDS
+
+    backend = spec.get("backend")
+    if backend not in BACKENDS:
+        return
+    module = importlib.import_module(BACKENDS[backend])
+    library = BACKEND_LIBRARIES.get(backend)
+    if backend == "tensorrt":  # the flavour the engine was built with
+        try:
+            flavour = json.loads((Path(spec["artifact"]) / "manifest.json").read_text())["build"]["flavour"]
+            library = module.FLAVOURS[flavour][0]
+        except (OSError, KeyError, ValueError):
+            library = None
+    if library and importlib.util.find_spec(library) is not None:  # else the load says what is missing
+        importlib.import_module(library)
 
 
 def run(spec: dict) -> dict:
@@ -147,7 +196,7 @@ def run(spec: dict) -> dict:
 
     result: dict = {"rss_baseline_mb": _rss_mb()}
     t0 = time.perf_counter()
-    _import_backend(spec["target"])
+    _import_backend(spec)
     result["import_ms"] = (time.perf_counter() - t0) * 1e3
     result["rss_after_import_mb"] = _rss_mb()
 
@@ -162,7 +211,7 @@ def run(spec: dict) -> dict:
         predictor, make_fn = _open_torch(spec)
     else:
         predictor, make_fn = _open_artifact(spec)
-        result["session"] = getattr(predictor._runner, "info", {})
+        result["session"] = getattr(predictor, "info", {})
     result["load_ms"] = (time.perf_counter() - t0) * 1e3
     fn = make_fn(timing_input)
     t0 = time.perf_counter()
@@ -174,6 +223,10 @@ def run(spec: dict) -> dict:
     timing = measure(fn, TimingPolicy(**spec["policy"]))
     result["timing"] = timing.to_dict()
     result["peak_rss_mb"] = _peak_rss_mb()
+    if spec["target"] == "torch" and spec.get("device") == "cuda":
+        import torch
+
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
 
     ev = spec.get("eval")
     if ev:
