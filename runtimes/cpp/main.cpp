@@ -1,7 +1,11 @@
 // farl_camera: camera / video → BlazeFace → FaRL model (an exported farl-edge artifact) → overlay.
 //
 //   farl_camera --model ARTIFACT_DIR --detector DETECTOR_DIR [--source 0|video.mp4] [--output out.avi]
-//               [--no-show] [--max-frames N] [--threads N] [--precision f32] [--verbose]
+//               [--no-show] [--max-frames N] [--threads N] [--precision f32] [--verbose] [--json out.jsonl]
+//
+// --json: one JSON object per frame (JSON Lines): every face's score, box, 5 points, crop matrix
+// (frame -> model input), landmarks and label map, in frame coordinates at full precision
+// (tests/test_cpp_runtime.py compares them with the Python runtime).
 //
 // Cameras: a reader thread keeps only the newest frame (stale frames are dropped, so the overlay
 // never lags behind the camera). Video files: every frame is processed in order.
@@ -10,12 +14,14 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 
+#include <nlohmann/json.hpp>
 #include <opencv2/highgui.hpp>
 #include <opencv2/imgproc.hpp>
 #include <opencv2/videoio.hpp>
@@ -25,7 +31,7 @@
 namespace {
 
 struct Args {
-  std::string model, detector, source = "0", output;
+  std::string model, detector, source = "0", output, json;
   bool show = true, verbose = false;
   std::string precision = "default";
   long max_frames = -1;
@@ -49,13 +55,44 @@ Args parse(int argc, char** argv) {
     else if (k == "--threads") a.threads = std::stoi(next());
     else if (k == "--precision") a.precision = next();
     else if (k == "--verbose") a.verbose = true;
+    else if (k == "--json") a.json = next();
     else throw std::runtime_error("unknown argument " + k);
   }
   if (a.model.empty() || a.detector.empty())
     throw std::runtime_error("usage: farl_camera --model ARTIFACT_DIR --detector DETECTOR_DIR [--source 0|FILE] "
                              "[--output FILE.avi] [--no-show] [--max-frames N] [--threads N] [--precision f32|bf16|f16] "
-                             "[--verbose]");
+                             "[--verbose] [--json FILE.jsonl]");
   return a;
+}
+
+// One frame's results as JSON: boxes x0 y0 x1 y1, points (x, y), label maps as rows of class ids.
+nlohmann::json frame_json(long index, const cv::Mat& frame, const std::vector<farl::Face>& faces) {
+  using nlohmann::json;
+  auto point = [](const cv::Point2d& p) { return json::array({p.x, p.y}); };
+  json out = {{"frame", index}, {"frame_hw", {frame.rows, frame.cols}}, {"faces", json::array()}};
+  for (const auto& f : faces) {
+    json face = {{"score", f.score},
+                 {"box", {f.box.x, f.box.y, f.box.x + f.box.width, f.box.y + f.box.height}},
+                 {"five_points", json::array()},
+                 {"matrix", {{f.matrix(0, 0), f.matrix(0, 1), f.matrix(0, 2)},
+                             {f.matrix(1, 0), f.matrix(1, 1), f.matrix(1, 2)}}}};
+    for (const auto& p : f.five) face["five_points"].push_back(point(p));
+    if (!f.landmarks.empty()) {
+      face["landmarks"] = json::array();
+      for (const auto& p : f.landmarks) face["landmarks"].push_back(point(p));
+    }
+    if (!f.label_map.empty()) {
+      face["label_origin"] = {f.label_origin.x, f.label_origin.y};
+      json rows = json::array();
+      for (int y = 0; y < f.label_map.rows; ++y) {
+        const uchar* r = f.label_map.ptr<uchar>(y);
+        rows.push_back(std::vector<int>(r, r + f.label_map.cols));
+      }
+      face["label_map"] = std::move(rows);
+    }
+    out["faces"].push_back(std::move(face));
+  }
+  return out;
 }
 
 // Newest-frame slot filled by a reader thread (live cameras).
@@ -111,6 +148,11 @@ int main(int argc, char** argv) try {
   if (!cap.isOpened()) throw std::runtime_error("cannot open source " + args.source);
   std::unique_ptr<LatestFrame> latest = live ? std::make_unique<LatestFrame>(cap) : nullptr;
   cv::VideoWriter writer;
+  std::ofstream json_out;
+  if (!args.json.empty()) {
+    json_out.open(args.json);
+    if (!json_out) throw std::runtime_error("cannot write " + args.json);
+  }
   double src_fps = cap.get(cv::CAP_PROP_FPS) > 0 ? cap.get(cv::CAP_PROP_FPS) : 25.0;
 
   farl::Timings sum;
@@ -145,6 +187,7 @@ int main(int argc, char** argv) try {
         std::printf("\n");
       }
     }
+    if (json_out.is_open()) json_out << frame_json(frames, bgr, faces).dump() << "\n" << std::flush;
     farl::draw(bgr, faces, model, t, fps);
     ++frames;
     faces_total += long(faces.size());
