@@ -76,6 +76,28 @@ def output_tail(model) -> list[str]:
     return tail
 
 
+GEMM_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def output_layers(model) -> list[str]:
+    """Names of the last GEMM-like nodes before each graph output (the output projection, e.g. the
+    heatmap / logits convolution). Kept in float for int8: it is tiny, and quantising it moved the
+    edge alignment heatmaps' worst-face cosine from 0.9992 to 0.9984 (below the 0.999 gate)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found, seen = [], set()
+    stack = [o.name for o in model.graph.output]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in GEMM_OP_TYPES:
+            found.append(node.name)
+        else:
+            stack.extend(node.input)
+    return sorted(found)
+
+
 def _ensure_node_names(model) -> None:
     for i, node in enumerate(model.graph.node):
         if not node.name:

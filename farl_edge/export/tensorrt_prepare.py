@@ -28,7 +28,12 @@ from typing import Iterable, Sequence
 import numpy as np
 import onnx
 
-from farl_edge.export.onnxruntime_quant import FaceCalibrationReader, _ensure_node_names, _quiet, output_tail
+from farl_edge.export.onnxruntime_quant import FaceCalibrationReader, _ensure_node_names, _quiet, output_layers, output_tail
+
+# Activation ranges: the 99.999th percentile of |x| over the calibration faces. Symmetric int8
+# (TensorRT takes zero-point 0 only) spends its range on rare outliers under MinMax: measured on
+# 32 test-helen faces, farl-small-300w heatmaps' worst cosine 0.99859 (MinMax) → 0.99927.
+CALIB_PERCENTILE = 99.999
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -126,20 +131,22 @@ def prepare_int8(src: Path, dst: Path, batches: Iterable[np.ndarray], input_name
         model = onnx.load(str(pre))
         _ensure_node_names(model)
         onnx.save(model, str(pre))
-        excluded = output_tail(model)
+        excluded = output_tail(model) + output_layers(model)
         quantize_static(str(pre), str(dst), FaceCalibrationReader(batches, input_name), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(op_types), per_channel=True, nodes_to_exclude=excluded,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
+                        calibrate_method=CalibrationMethod.Percentile,
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "CalibPercentile": CALIB_PERCENTILE,
                                        # TensorRT dequantizes int8 only: int32 biases stay float
                                        "QuantizeBias": False})
     summary = graph_summary(dst)
     if not summary["QuantizeLinear"] or not summary["DequantizeLinear"]:
         raise RuntimeError(f"int8 preparation produced no Q/DQ nodes (op types {list(op_types)})")
     return {"tool": f"onnxruntime.quantization.quantize_static {_version('onnxruntime')} (ModelOpt not installed)",
-            "format": "QDQ", "activations": "int8 symmetric (MinMax)", "weights": "int8 symmetric per-channel",
-            "biases": "float (not quantised)",
+            "format": "QDQ", "activations": f"int8 symmetric (percentile {CALIB_PERCENTILE})",
+            "weights": "int8 symmetric per-channel", "biases": "float (not quantised)",
+            "float_layers": "graph decoders after an output and the output projection",
             "op_types": list(op_types), "calibration_batches": len(batches), "excluded_nodes": excluded, **summary}
 
 
