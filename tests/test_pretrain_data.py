@@ -208,3 +208,52 @@ def test_contrastive_loss_without_any_text_is_zero_with_graph():
     loss, stats = contrastive_loss(img, txt, torch.tensor(1.0), gather=False, has_text=torch.zeros(3, dtype=torch.bool))
     loss.backward()
     assert loss.item() == 0.0 and img.grad is not None and math.isnan(stats["acc_i2t"])
+
+
+# --------------------------------------------------------------------------- pre-trained file → fine-tuning
+def _saved_clip(tmp_path, extra_key: bool = False):
+    from farl_edge.checkpoint import card_from_config, save_checkpoint
+    from farl_edge.models.factory import create_clip_model
+    from farl_edge.registry import get_config
+
+    torch.manual_seed(0)
+    clip = create_clip_model("farl-small-224")
+    if extra_key:
+        clip.register_buffer("visual_extra", torch.zeros(1))
+        clip.visual.register_buffer("surprise", torch.zeros(3))
+    path = tmp_path / "clip.safetensors"
+    save_checkpoint(clip, path, card=card_from_config(get_config("farl-small-224")), dtype=torch.float16)
+    return clip, path
+
+
+def test_finetune_start_loads_our_pretrained_file_like_an_official_one(tmp_path):
+    from farl_edge.models import create_model
+
+    clip, path = _saved_clip(tmp_path)
+    model = create_model("farl-small-300w", checkpoint=path, pretrained=False)
+    ref = {k: v.half().float() for k, v in clip.visual.state_dict().items()}
+    got = model.backbone.state_dict()
+    assert set(ref) == set(got)
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+
+
+def test_pretrained_file_with_unknown_keys_is_refused(tmp_path):
+    from farl_edge.checkpoint import CheckpointError
+    from farl_edge.models import create_model
+
+    _, path = _saved_clip(tmp_path, extra_key=True)
+    with pytest.raises(CheckpointError, match="unexpected keys"):
+        create_model("farl-small-300w", checkpoint=path, pretrained=False)
+
+
+def test_shipped_farl_small_224_feeds_the_finetune_recipes():
+    from farl_edge.models import create_model
+    from farl_edge.registry import get_config, weights_path
+
+    path = weights_path(get_config("farl-small-224"))
+    if path is None:
+        pytest.skip("farl-small-224 weights are not shipped in this build")
+    for name in ("farl-small-300w", "farl-small-celebm"):
+        model = create_model(name, checkpoint=path, pretrained=False)
+        assert torch.isfinite(next(model.backbone.parameters())).all()
