@@ -15,20 +15,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import re
 import struct
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import nn
 
+from farl_edge.errors import FarlEdgeError
+from farl_edge.fileio import atomic_write, atomic_write_with
 from farl_edge.models.vit import VisionTransformer, resize_pos_embed
 from farl_edge.registry import ModelConfig
 
@@ -40,7 +40,7 @@ CARD_METADATA_KEY = "farl_edge_card"
 TRUST_FLAG = "--trust-torchscript"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FarlEdgeError, ValueError):
     """A checkpoint file that cannot be used; the message names the file and the problem."""
 
 
@@ -457,7 +457,7 @@ def _validate_card(card: dict) -> None:
     if card.get("task") == "alignment" and not card.get("num_landmarks"):
         missing.append("num_landmarks")
     if missing:
-        raise ValueError(f"model card lacks {', '.join(missing)}")
+        raise CheckpointError(f"model card lacks {', '.join(missing)}")
 
 
 def _card_from_metadata(metadata: dict, path: Path) -> dict | None:
@@ -530,19 +530,6 @@ def check_card_matches(card: dict, cfg: ModelConfig, path: str | Path = "<card>"
 
 
 # --------------------------------------------------------------------------- saving
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write to a temp file in the destination folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _tensors_for_saving(model: nn.Module, dtype: torch.dtype | None) -> dict:
     out = {}
     for k, v in model.state_dict().items():
@@ -575,8 +562,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, card: dict | None = None
     full = _complete_card(model, card, dtype)
     text = json.dumps(full, default=str)
     tensors = _tensors_for_saving(model, dtype)
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={CARD_METADATA_KEY: text, "format": "pt"}))
+    atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata={CARD_METADATA_KEY: text, "format": "pt"}))
     if sidecar:
         pretty = json.dumps(full, indent=2, default=str) + "\n"
-        _atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(pretty))
+        atomic_write(sidecar_path(path), pretty)
     return full

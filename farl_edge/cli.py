@@ -6,9 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-
-class UserError(Exception):
-    """A problem with what the user asked for: printed as one line, exit status 2."""
+from farl_edge.errors import FarlEdgeError, UserError
 
 
 class Terminated(KeyboardInterrupt):
@@ -178,6 +176,31 @@ def _optional_commands():
         yield mod.register
 
 
+# Modules that still raise a plain ValueError / KeyError for a user's mistake (the typed export request
+# and typed model config work moves them to FarlEdgeError); a plain one raised anywhere else is a bug.
+_PLAIN_ERROR_MODULES = frozenset({
+    "farl_edge.registry", "farl_edge.crops",
+    "farl_edge.export.cli", "farl_edge.export.pipeline", "farl_edge.export.formats", "farl_edge.export.request",
+    "farl_edge.export.config", "farl_edge.export.tensorrt_build", "farl_edge.export.tensorrt_prepare",
+    "farl_edge.export.coreml_export", "farl_edge.export.validate", "farl_edge.export.openvino_export",
+    "farl_edge.export.onnx_export", "farl_edge.export.onnxruntime_quant",
+    "farl_edge.bench.cli", "farl_edge.bench.runner",
+    "farl_edge.train.finetune", "farl_edge.train.task_data",
+})
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """True for a ValueError / KeyError that describes the user's mistake (see ``_PLAIN_ERROR_MODULES``)."""
+    from farl_edge.registry import UnknownModelError
+
+    if isinstance(e, UnknownModelError):
+        return True
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals.get("__name__") in _PLAIN_ERROR_MODULES
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
 
@@ -189,10 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args.func(args) or 0)
-    except UserError as e:
+    except (FarlEdgeError, FileNotFoundError, PermissionError) as e:
         print(f"farl-edge {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, PermissionError, ValueError, KeyError) as e:
+    except (ValueError, KeyError) as e:
+        # UnknownModelError (a KeyError) and the plain ValueErrors of the modules that have not moved to
+        # FarlEdgeError yet are the user's mistakes; any other ValueError / KeyError is a bug: traceback.
+        if not _is_user_error(e):
+            raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"farl-edge {args.command}: error: {message}", file=sys.stderr)
         return 2
@@ -211,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main: subcommands raise farl_edge.cli.UserError, not __main__.UserError.
+    # Run the imported module's main, not a second copy of this one as __main__.
     from farl_edge.cli import main as package_main
 
     sys.exit(package_main())

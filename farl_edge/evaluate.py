@@ -13,6 +13,7 @@ import numpy as np
 
 from farl_edge import crops
 from farl_edge.datasets.base import FaceSample
+from farl_edge.errors import UserError
 from farl_edge.metrics import AlignmentMeter, ConfusionHistogram
 from farl_edge.registry import ModelConfig
 
@@ -70,13 +71,13 @@ def evaluate(predictor: Predictor, samples: Sequence[FaceSample], batch_size: in
     cfg = predictor.config
     samples = list(samples)[:limit] if limit else list(samples)
     if not samples:
-        raise ValueError("no samples to evaluate")
+        raise UserError("no samples to evaluate")
     if cfg.task == "alignment":
         convention = cfg.dataset if cfg.dataset in AUC_THRESHOLDS else "300w"
         meter = AlignmentMeter(convention, AUC_THRESHOLDS[convention])
         for p in predict_samples(predictor, samples, batch_size, progress=progress):
             if p.sample.landmarks is None:
-                raise ValueError(f"{p.sample.image_path}: no landmarks to evaluate against")
+                raise UserError(f"{p.sample.image_path}: no landmarks to evaluate against")
             meter.update(p.landmarks, p.sample.landmarks, box=p.sample.box)
         return meter.summary()
     if cfg.task == "parsing":
@@ -85,4 +86,4 @@ def evaluate(predictor: Predictor, samples: Sequence[FaceSample], batch_size: in
             # Masks can be stored smaller than the image (official CelebAMask-HQ: 512 vs 1024).
             hist.update(p.label_map, p.sample.load_mask(size=p.label_map.shape))
         return hist.summary(cfg.labels)
-    raise ValueError(f"model {cfg.name!r} is a {cfg.task} model: nothing to evaluate on faces")
+    raise UserError(f"model {cfg.name!r} is a {cfg.task} model: nothing to evaluate on faces")

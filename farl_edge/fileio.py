@@ -15,6 +15,9 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
+
+from farl_edge.errors import UserError
 
 _PID_TAG = re.compile(r"\.p(\d+)-")
 
@@ -86,22 +89,29 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([\[\]*?])", r"[\1]", text)
 
 
-def atomic_write(path: str | Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` via a temporary sibling; nothing half-written is ever at ``path``."""
+def atomic_write_with(path: str | Path, write: Callable[[str], object]) -> Path:
+    """Let ``write(tmp)`` fill a temporary sibling of ``path`` (``torch.save``, ``safetensors``' ``save_file``
+    …), then rename it over ``path``; nothing half-written is ever at ``path``, and the temporary file is
+    removed on any error or interrupt."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=pid_prefix(path.name))
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+        write(tmp)
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` via a temporary sibling; nothing half-written is ever at ``path``."""
+    return atomic_write_with(path, lambda tmp: Path(tmp).write_bytes(data.encode() if isinstance(data, str) else data))
 
 
 def atomic_write_json(path: str | Path, obj, **dump_kwargs) -> Path:
@@ -113,12 +123,12 @@ def check_output_file(path: str | Path, flag: str = "--json") -> Path:
     """One-line ValueError when ``path`` cannot be a file we write (checked before long work)."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'result.json'}")
+        raise UserError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'result.json'}")
     probe = path.parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        raise ValueError(f"{flag} {path}: {probe} is a file, not a folder")
+        raise UserError(f"{flag} {path}: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {path}: {probe} is not writable")
+        raise UserError(f"{flag} {path}: {probe} is not writable")
     return path

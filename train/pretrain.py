@@ -42,11 +42,14 @@ def main() -> None:
     p.add_argument("--workers", type=int, help="DataLoader workers per rank")
     p.add_argument("--threads", type=int, help="torch threads per rank")
     p.add_argument("--seed", type=int)
+    p.add_argument("--trust-torchscript", action="store_true",
+                   help="allow a TorchScript mim.tokenizer (loading it runs code from the file)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config entry (repeatable)")
     args = p.parse_args()
     overrides = {"shards": args.shards, "output": args.output, "init": args.init, "batch_size": args.batch_size,
                  "total_steps": args.total_steps, "stop_at_step": args.stop_at_step, "workers": args.workers,
-                 "threads": args.threads, "seed": args.seed, **_parse_set(args.set)}
+                 "threads": args.threads, "seed": args.seed, "trust_torchscript": args.trust_torchscript or None,
+                 **_parse_set(args.set)}
     try:
         cfg = load_config(args.config, overrides)
     except (ValueError, OSError) as e:

@@ -12,8 +12,10 @@ import io
 import json
 import math
 import os
-import tempfile
+import re
 from pathlib import Path
+
+from farl_edge.fileio import atomic_write
 
 COLUMNS = [  # (key, header, format)
     ("model", "model", "{}"), ("target", "target", "{}"), ("precision", "precision", "{}"), ("stage", "stage", "{}"),
@@ -50,12 +52,47 @@ def _fmt(value, spec: str) -> str:
         return str(value)
 
 
-def _write_atomic(path: Path, text: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(text.encode() if isinstance(text, str) else text)
-    os.replace(tmp, path)
+def project_root() -> Path:
+    """The source checkout this package runs from, or the current folder for an installed package."""
+    here = Path(__file__).resolve().parents[2]
+    return here if (here / "pyproject.toml").is_file() else Path.cwd()
+
+
+def portable_text(text: str, root: str | Path | None = None, home: str | Path | None = None) -> str:
+    """``text`` with this machine's absolute paths written as the project sees them: relative to the
+    project root (``benchmarks/results/…``; ``../shared/data/…`` beside it) or under ``~`` (the bench
+    cache in the home folder), so that committed results do not name the machine they ran on."""
+    root = Path(root or project_root()).resolve()
+    home = Path(home or os.path.expanduser("~"))
+    prefixes = [(str(root), "")]
+    if root.parent != Path(root.anchor) and root.parent != home:
+        prefixes.append((str(root.parent), "../"))
+    if home != Path(home.anchor):
+        prefixes.append((str(home), "~/"))
+    for prefix, rel in prefixes:  # the project root first: it is the longest
+        pattern = r"(?<![\w./~-])" + re.escape(prefix) + r"(/|(?![\w./-]))"
+        text = re.sub(pattern, lambda m, rel=rel: _relative(m, rel), text)
+    return text
+
+
+def _relative(m: re.Match, rel: str) -> str:
+    followed = m.end() < len(m.string) and re.match(r"[\w.~-]", m.string[m.end()])
+    if m.group(1) and followed:
+        return rel  # a path below the prefix
+    return rel.rstrip("/") or "."  # the prefix itself (with or without a trailing /)
+
+
+def portable(obj, root: str | Path | None = None, home: str | Path | None = None):
+    """:func:`portable_text` over every string (keys too) of a JSON-like object; returns a copy."""
+    if isinstance(obj, str):
+        return portable_text(obj, root, home)
+    if isinstance(obj, dict):
+        return {portable(k, root, home): portable(v, root, home) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v, root, home) for v in obj]
+    if isinstance(obj, Path):
+        return portable_text(str(obj), root, home)
+    return obj
 
 
 def markdown(data: dict) -> str:
@@ -199,7 +236,7 @@ def plot_latency(data: dict, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    _write_atomic(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def _spread(rows) -> float:
@@ -254,7 +291,7 @@ def plot_pareto(data: dict, model: str, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    _write_atomic(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def plan_markdown(data: dict) -> str:
@@ -292,9 +329,10 @@ def plan_markdown(data: dict) -> str:
 def write_plan(data: dict, out: Path) -> dict[str, Path]:
     out = Path(out)
     paths = {"json": out / "plan.json", "md": out / "plan.md", "command": out / "command.txt"}
-    _write_atomic(paths["json"], json.dumps(data, indent=1, default=str) + "\n")
-    _write_atomic(paths["md"], plan_markdown(data))
-    _write_atomic(paths["command"], (data.get("command") or "(python API)") + "\n")
+    data = portable(data)  # committed results name no folder of the machine they ran on
+    atomic_write(paths["json"], json.dumps(data, indent=1, default=str) + "\n")
+    atomic_write(paths["md"], plan_markdown(data))
+    atomic_write(paths["command"], (data.get("command") or "(python API)") + "\n")
     return paths
 
 
@@ -303,10 +341,11 @@ def write_all(data: dict, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "bench.md", "csv": out / "bench.csv", "json": out / "bench.json",
              "latency_png": out / "latency.png", "command": out / "command.txt"}
-    _write_atomic(paths["json"], json.dumps(data, indent=1, default=str) + "\n")
-    _write_atomic(paths["csv"], to_csv(data))
-    _write_atomic(paths["md"], markdown(data))
-    _write_atomic(paths["command"], (data.get("command") or "(python API)") + "\n")
+    data = portable(data)  # committed results name no folder of the machine they ran on
+    atomic_write(paths["json"], json.dumps(data, indent=1, default=str) + "\n")
+    atomic_write(paths["csv"], to_csv(data))
+    atomic_write(paths["md"], markdown(data))
+    atomic_write(paths["command"], (data.get("command") or "(python API)") + "\n")
     plot_latency(data, paths["latency_png"])
     for model in data["models"]:
         p = out / f"pareto-{model}.png"

@@ -32,6 +32,7 @@ from farl_edge.datasets.celebamask_hq import (CELEBAMASK_TO_FARL, FARL_CELEBM_LA
 from farl_edge.datasets.ibug300w import read_300w, read_pts
 from farl_edge.datasets.lapa import LAPA_NUM_CLASSES, read_lapa
 from farl_edge.datasets.wflw import WFLW_FIELDS, read_wflw
+from farl_edge.errors import UserError
 
 __all__ = [
     "DatasetError",
@@ -130,7 +131,7 @@ def open_dataset(path: str | Path, format: str | None = None, *, split: str | No
     path = Path(path)
     fmt = detect_format(path) if format is None else format
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; known: {FORMATS}")
+        raise UserError(f"unknown format {fmt!r}; known: {FORMATS}")
     if fmt == "300w":
         return read_300w(path, strict=strict, **kwargs)
     if fmt == "aflw19":

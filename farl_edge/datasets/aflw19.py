@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from farl_edge.datasets.base import DatasetError, FaceSample, Samples, as_f32, finish
+from farl_edge.errors import UserError
 
 __all__ = ["read_aflw19", "AFLW19_FIELDS"]
 
@@ -37,7 +38,7 @@ def read_aflw19(list_file: str | Path, image_root: str | Path | None = None, sub
     """Faces of an AFLW-19 list file (format above). ``subset``: "full" or "frontal"."""
     list_file = Path(list_file)
     if subset not in ("full", "frontal"):
-        raise ValueError(f"subset must be 'full' or 'frontal', not {subset!r}")
+        raise UserError(f"subset must be 'full' or 'frontal', not {subset!r}")
     if not list_file.is_file():
         raise DatasetError(f"AFLW-19 list file {list_file} does not exist")
     root = Path(image_root) if image_root is not None else list_file.parent

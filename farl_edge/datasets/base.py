@@ -23,12 +23,14 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from farl_edge.errors import FarlEdgeError
+from farl_edge.utils import IMAGE_SUFFIXES
+
 log = logging.getLogger("farl_edge.datasets")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class DatasetError(ValueError):
+class DatasetError(FarlEdgeError, ValueError):
     """A data set (or one of its files) is missing, unreadable or malformed.
 
     ``problems`` is a list of ``(path, message)`` pairs."""
@@ -172,7 +174,7 @@ def read_index_png(path: Path) -> np.ndarray:
 
 def find_image(folder: Path, stem: str) -> Path | None:
     """``folder/stem.<ext>`` for the usual image extensions (case-insensitive), or None."""
-    for ext in IMAGE_EXTENSIONS:
+    for ext in IMAGE_SUFFIXES:
         for candidate in (folder / f"{stem}{ext}", folder / f"{stem}{ext.upper()}"):
             if candidate.is_file():
                 return candidate

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from farl_edge.datasets.base import (IMAGE_EXTENSIONS, DatasetError, FaceSample, Samples,
-                                     finish)
+from farl_edge.datasets.base import DatasetError, FaceSample, Samples, finish
+from farl_edge.errors import UserError
+from farl_edge.utils import IMAGE_SUFFIXES
 
 __all__ = [
     "FARL_CELEBM_LABELS",
@@ -135,7 +136,7 @@ def read_celebamask_hq(root: str | Path, split: str | None = None, strict: bool 
 
 def _read_index_png(folder: Path, strict: bool) -> Samples:
     images_dir, masks_dir = folder / "images", folder / "masks"
-    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise DatasetError(f"no images in {images_dir}")
     samples: list[FaceSample] = []
@@ -157,7 +158,7 @@ def _read_index_png(folder: Path, strict: bool) -> Samples:
 
 def _split_ids(root: Path, split: str) -> set[int]:
     if split not in _SPLIT_GROUPS:
-        raise ValueError(f"split must be one of {sorted(_SPLIT_GROUPS)} or None, not {split!r}")
+        raise UserError(f"split must be one of {sorted(_SPLIT_GROUPS)} or None, not {split!r}")
     mapping_file = root / "CelebA-HQ-to-CelebA-mapping.txt"
     partition_file = root / "list_eval_partition.txt"
     for f in (mapping_file, partition_file):
@@ -189,7 +190,7 @@ def _read_official(root: Path, split: str | None, strict: bool) -> Samples:
         parts.setdefault(int(m.group(1)), {})[m.group(2)] = path
     images: dict[int, Path] = {}
     for path in img_dir.iterdir():
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.stem.isdigit():
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.stem.isdigit():
             images[int(path.stem)] = path
     wanted = _split_ids(root, split) if split is not None else None
     samples: list[FaceSample] = []

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from farl_edge.datasets.base import (IMAGE_EXTENSIONS, DatasetError, FaceSample, Samples, as_f32,
-                                     finish)
+from farl_edge.datasets.base import DatasetError, FaceSample, Samples, as_f32, finish
+from farl_edge.utils import IMAGE_SUFFIXES
 
 __all__ = ["read_lapa", "read_lapa_landmarks", "LAPA_NUM_CLASSES", "LAPA_SPLITS"]
 
@@ -60,7 +60,7 @@ def read_lapa(root: str | Path, split: str = "test", strict: bool = True,
     images_dir, labels_dir, lm_dir = folder / "images", folder / "labels", folder / "landmarks"
     if not images_dir.is_dir() or not labels_dir.is_dir():
         raise DatasetError(f"LaPa split folder {folder} needs images/ and labels/ subfolders")
-    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise DatasetError(f"no images in {images_dir}")
     has_lm = lm_dir.is_dir()

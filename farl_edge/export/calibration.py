@@ -13,19 +13,19 @@ runtime use. Sources:
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from farl_edge.errors import UserError
 from farl_edge.registry import ModelConfig
-
-import os
+from farl_edge.utils import IMAGE_SUFFIXES
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # beside a source checkout
 DATA_ENV = "FARL_EDGE_DATA"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_CALIB = {"alignment": ("300w", "train"), "parsing": ("celebamask-hq", "train"), "backbone": ("300w", "train")}
 DEFAULT_EVAL = {"alignment": ("300w", "test-helen"), "parsing": ("celebamask-hq", "val")}
 
@@ -77,7 +77,7 @@ def data_root() -> Path:
     env = os.environ.get(DATA_ENV)
     if env:
         if not Path(env).is_dir():
-            raise ValueError(f"{DATA_ENV}={env} is not a folder")
+            raise UserError(f"{DATA_ENV}={env} is not a folder")
         return Path(env)
     return SHARED_DATA
 
@@ -114,11 +114,11 @@ def open_faces(path: str | Path, count: int | None, *, purpose: str = "calibrati
 
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"{purpose} folder {path} does not exist")
+        raise UserError(f"{purpose} folder {path} does not exist")
     if not path.is_dir():
-        raise ValueError(f"{purpose} data {path} is not a folder")
+        raise UserError(f"{purpose} data {path} is not a folder")
     if count is not None and count < 1:
-        raise ValueError(f"{purpose} size must be >= 1, not {count}")
+        raise UserError(f"{purpose} size must be >= 1, not {count}")
     try:
         fmt = detect_format(path)
     except DatasetError:
@@ -126,17 +126,17 @@ def open_faces(path: str | Path, count: int | None, *, purpose: str = "calibrati
     if fmt is not None:
         samples = list(open_dataset(path, fmt))
         if not samples:
-            raise ValueError(f"{purpose} data set {path} ({fmt}) holds no faces")
+            raise UserError(f"{purpose} data set {path} ({fmt}) holds no faces")
         chosen = _evenly(sorted(samples, key=lambda s: str(s.image_path)), count)
         files = [Path(s.image_path).relative_to(path).as_posix() if Path(s.image_path).is_relative_to(path)
                  else str(s.image_path) for s in chosen]
         return FaceSet(chosen, str(path), f"annotated:{fmt}", len(samples), files)
     if not allow_unannotated:
-        raise ValueError(f"{purpose} folder {path} is not an annotated data set (300w / wflw / aflw19 / lapa / "
+        raise UserError(f"{purpose} folder {path} is not an annotated data set (300w / wflw / aflw19 / lapa / "
                          f"celebamask-hq layout)")
     images = _image_files(path)
     if not images:
-        raise ValueError(f"{purpose} folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise UserError(f"{purpose} folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     chosen = _evenly(images, count)
     samples = [FaceSample(image_path=p, name=p.stem) for p in chosen]
     return FaceSet(samples, str(path), "images", len(images), [p.relative_to(path).as_posix() for p in chosen])
@@ -145,7 +145,7 @@ def open_faces(path: str | Path, count: int | None, *, purpose: str = "calibrati
 def calibration_set(cfg: ModelConfig, calib: str | Path | None, count: int) -> FaceSet:
     path = Path(calib) if calib else shared_data_dir(cfg.task, "calib")
     if path is None:
-        raise ValueError(f"no calibration faces found: pass --calib DIR (face images or an annotated data set), "
+        raise UserError(f"no calibration faces found: pass --calib DIR (face images or an annotated data set), "
                          f"or {_default_hint(DEFAULT_CALIB, cfg.task)}")
     return open_faces(path, count, purpose="calibration")
 
@@ -158,6 +158,6 @@ def evaluation_set(cfg: ModelConfig, data: str | Path | None, count: int) -> Fac
             path = shared_data_dir("alignment", "eval")
             if path is not None:
                 return open_faces(path, count, purpose="evaluation")
-        raise ValueError(f"no evaluation faces found for validation: pass --eval-data DIR (an annotated data "
+        raise UserError(f"no evaluation faces found for validation: pass --eval-data DIR (an annotated data "
                          f"set), or {_default_hint(DEFAULT_EVAL, cfg.task)}")
     return open_faces(path, count, purpose="evaluation", allow_unannotated=cfg.task == "backbone")

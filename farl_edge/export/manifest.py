@@ -15,12 +15,13 @@ import platform
 import shutil
 import tempfile
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
+from farl_edge.errors import UserError
 from farl_edge.fileio import atomic_write_json, pid_prefix, publish_modes, sweep_stale
 from farl_edge.runtime import ARTIFACT_FORMAT, FORMAT_VERSION, MANIFEST_NAME, sha256_file
+from farl_edge.utils import package_version
 
 LIBRARIES = ("farl-edge", "torch", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "numpy", "opencv-python",
              "opencv-python-headless", "coremltools", "tensorrt", "tensorrt-rtx-cu12-bindings", "nvidia-modelopt")
@@ -29,10 +30,8 @@ LIBRARIES = ("farl-edge", "torch", "onnx", "onnxscript", "onnxruntime", "openvin
 def library_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
+        if (version := package_version(name)) is not None:
+            out[name] = version
     return out
 
 
@@ -42,17 +41,17 @@ def check_writable(dest: Path) -> None:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        raise ValueError(f"cannot write {dest}: {probe} is not a folder")
+        raise UserError(f"cannot write {dest}: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write {dest}: {probe} is not writable")
+        raise UserError(f"cannot write {dest}: {probe} is not writable")
     try:
         fd, tmp = tempfile.mkstemp(dir=probe, prefix=".farl-edge-probe-")
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
-        raise ValueError(f"cannot write {dest}: {e.strerror or e}") from None
+        raise UserError(f"cannot write {dest}: {e.strerror or e}") from None
     if dest.exists() and not dest.is_dir():
-        raise ValueError(f"cannot write {dest}: a file of that name exists")
+        raise UserError(f"cannot write {dest}: a file of that name exists")
 
 
 def is_artifact(folder: Path) -> bool:
@@ -73,13 +72,13 @@ def check_replaceable(dest: Path, force: bool) -> None:
     if dest.is_dir() and not dest.is_symlink() and not any(dest.iterdir()):
         return  # an empty folder holds nothing to lose
     if not force:
-        raise ValueError(f"{dest} exists; pass --force to replace it (only a farl-edge artifact is replaced)")
+        raise UserError(f"{dest} exists; pass --force to replace it (only a farl-edge artifact is replaced)")
     if not is_artifact(dest):
-        raise ValueError(f"{dest} exists and is not a farl-edge artifact (no farl-edge {MANIFEST_NAME}); "
+        raise UserError(f"{dest} exists and is not a farl-edge artifact (no farl-edge {MANIFEST_NAME}); "
                          f"--force replaces artifacts only: choose another --output")
     resolved, cwd = dest.resolve(), Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
-        raise ValueError(f"{dest} is the current folder (or holds it); run from elsewhere or choose another --output")
+        raise UserError(f"{dest} is the current folder (or holds it); run from elsewhere or choose another --output")
 
 
 @contextmanager

@@ -18,6 +18,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from farl_edge.errors import UserError
+
 
 class SeparableConv(nn.Sequential):
     """Depthwise 3×3 + pointwise 1×1, BN, ReLU."""
@@ -41,7 +43,7 @@ class EdgeHead(nn.Module):
                  dropout: float = 0.1):
         super().__init__()
         if out_stride not in (4, 8, 16):
-            raise ValueError(f"edge head out_stride must be 4, 8 or 16, not {out_stride}")
+            raise UserError(f"edge head out_stride must be 4, 8 or 16, not {out_stride}")
         self.proj = nn.ModuleList(nn.Conv2d(width, channels, 1) for _ in range(num_taps))
         self.fuse = nn.Sequential(nn.Conv2d(num_taps * channels, channels, 1, bias=False), nn.BatchNorm2d(channels),
                                   nn.ReLU(inplace=True))
@@ -61,4 +63,4 @@ class EdgeHead(nn.Module):
 def build(kind: str, cfg: dict, width: int, num_outputs: int) -> nn.Module:
     if kind == "edge":
         return EdgeHead(width, num_outputs, cfg.get("channels", 128), cfg.get("out_stride", 4), dropout=cfg.get("dropout", 0.1))
-    raise ValueError(f"unknown head type {kind!r}; known: uper, edge")
+    raise UserError(f"unknown head type {kind!r}; known: uper, edge")

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from farl_edge.errors import FarlEdgeError, UserError
 from farl_edge.registry import ModelConfig
+from farl_edge.utils import run_fixed_batch
 
 MANIFEST_NAME = "manifest.json"
 ARTIFACT_FORMAT = "farl-edge-artifact"
@@ -24,7 +26,7 @@ FORMAT_VERSION = 1
 __all__ = ["ArtifactError", "Session", "load", "read_manifest", "verify_files", "sha256_file", "MANIFEST_NAME"]
 
 
-class ArtifactError(ValueError):
+class ArtifactError(FarlEdgeError, ValueError):
     """The folder is not a usable artifact (missing, corrupt, failed validation, unsupported)."""
 
 
@@ -84,16 +86,16 @@ def check_unit_batch(batch: np.ndarray) -> np.ndarray:
     """
     if batch.dtype.kind != "f":
         hint = " (uint8 images: batch.astype(np.float32) / 255)" if batch.dtype.kind in "iub" else ""
-        raise ValueError(f"expected a float32 batch in [0, 1], got dtype {batch.dtype}{hint}")
+        raise UserError(f"expected a float32 batch in [0, 1], got dtype {batch.dtype}{hint}")
     batch = np.ascontiguousarray(batch, dtype=np.float32)
     if batch.size == 0:
-        raise ValueError("empty batch: pass at least one image")
+        raise UserError("empty batch: pass at least one image")
     lo, hi = float(batch.min()), float(batch.max())
     if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise ValueError("batch holds NaN or infinite values; expected float32 RGB in [0, 1]")
+        raise UserError("batch holds NaN or infinite values; expected float32 RGB in [0, 1]")
     if lo < -1e-3 or hi > 1 + 1e-3:
         hint = " (looks like 0..255: divide by 255)" if hi > 2 else ""
-        raise ValueError(f"expected float32 RGB in [0, 1], got values in [{lo:.3g}, {hi:.3g}]{hint}")
+        raise UserError(f"expected float32 RGB in [0, 1], got values in [{lo:.3g}, {hi:.3g}]{hint}")
     return batch
 
 
@@ -135,7 +137,7 @@ class Session:
         batch = np.asarray(batch)
         s = self.input_size
         if batch.ndim != 4 or batch.shape[1:] != (3, s, s):
-            raise ValueError(f"{self.config.name} takes (B, 3, {s}, {s}) RGB in [0, 1], got {batch.shape}")
+            raise UserError(f"{self.config.name} takes (B, 3, {s}, {s}) RGB in [0, 1], got {batch.shape}")
         return check_unit_batch(batch)
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -144,16 +146,7 @@ class Session:
         if self.batch is None or n == self.batch:
             return self._runner.run(batch)
         # Fixed-batch artifact: run in chunks of its batch, padding the last one.
-        parts: dict[str, list] = {}
-        b = self.batch
-        for start in range(0, n, b):
-            chunk = batch[start:start + b]
-            m = chunk.shape[0]
-            if m < b:
-                chunk = np.concatenate([chunk, np.zeros((b - m, *chunk.shape[1:]), np.float32)])
-            for k, v in self._runner.run(chunk).items():
-                parts.setdefault(k, []).append(v[:m])
-        return {k: np.concatenate(v) for k, v in parts.items()}
+        return run_fixed_batch(self._runner.run, batch, self.batch)
 
 
 def load(artifact_dir: str | Path, *, backend: str | None = None, verify: bool = True, allow_failed: bool = False,

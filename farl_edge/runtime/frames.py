@@ -21,19 +21,21 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from farl_edge.errors import FarlEdgeError, UserError
+
 __all__ = ["FrameError", "COLORS", "to_rgb_u8", "check_color"]
 
 COLORS = ("bgr", "rgb")
 
 
-class FrameError(ValueError):
+class FrameError(FarlEdgeError, ValueError):
     """The caller passed something that is not an image frame."""
 
 
 def check_color(color: str) -> str:
     c = str(color).lower()
     if c not in COLORS:
-        raise ValueError(f"color must be 'bgr' (OpenCV) or 'rgb', not {color!r}")
+        raise UserError(f"color must be 'bgr' (OpenCV) or 'rgb', not {color!r}")
     return c
 
 

@@ -51,7 +51,8 @@ import cv2
 import numpy as np
 
 from farl_edge import crops, geometry
-from farl_edge.runtime.detector import (Detection, FaceDetector, box_from_five_points, five_points_in_box)
+from farl_edge.errors import UserError
+from farl_edge.runtime.detector import Detection, FaceDetector, box_from_five_points, five_points_in_box
 from farl_edge.runtime.frames import FrameError, check_color, to_rgb_u8
 
 __all__ = ["Face", "FrameResult", "FacePipeline", "STAGES", "FrameError"]
@@ -103,6 +104,13 @@ class FrameResult:
     def empty(self) -> bool:
         return not self.faces
 
+    @classmethod
+    def no_faces(cls, task: str, labels: list[str] | None, *, preprocess_ms: float = 0.0,
+                 frame_hw: tuple[int, int] | None = None, error: str | None = None) -> FrameResult:
+        """A result with no faces (empty or unusable frame): every stage 0 ms but ``preprocess``."""
+        timings = {**{s: 0.0 for s in STAGES}, "preprocess": preprocess_ms, "total": preprocess_ms}
+        return cls(faces=[], frame_hw=frame_hw, task=task, labels=labels, timings=timings, error=error)
+
     def merged_label_map(self) -> np.ndarray | None:
         """All faces' labels in one (H, W) map; where faces overlap, the higher score wins (among
         non-background labels)."""
@@ -146,11 +154,11 @@ def _as_rows(values, width: int, what: str) -> np.ndarray:
     if width == 4:
         a = a.reshape(-1, 4) if a.ndim == 1 and a.size == 4 else a
         if a.ndim != 2 or a.shape[1] != 4:
-            raise ValueError(f"{what} must be (N, 4) x0, y0, x1, y1; got shape {a.shape}")
+            raise UserError(f"{what} must be (N, 4) x0, y0, x1, y1; got shape {a.shape}")
     else:
         a = a[None] if a.shape == (5, 2) else a
         if a.ndim != 3 or a.shape[1:] != (5, 2):
-            raise ValueError(f"{what} must be (N, 5, 2) (eye centres, nose tip, mouth corners); got shape {a.shape}")
+            raise UserError(f"{what} must be (N, 5, 2) (eye centres, nose tip, mouth corners); got shape {a.shape}")
     return a
 
 
@@ -211,7 +219,7 @@ class FacePipeline:
             box = np.array([0.0, 0.0, w, h])
             return [Detection(box=box, score=1.0, face_box=box, source="frame")]
         if self.detector is None:
-            raise ValueError("this pipeline has no face detector: pass boxes= or five_points= with each frame")
+            raise UserError("this pipeline has no face detector: pass boxes= or five_points= with each frame")
         return self.detector.detect(rgb, color="rgb")[:self.max_faces or None]
 
     def detections_from_app(self, rgb: np.ndarray | None, boxes=None, five_points=None, scores=None) -> list[Detection]:
@@ -221,10 +229,10 @@ class FacePipeline:
         p = _as_rows(five_points, 5, "five_points") if five_points is not None else None
         n = len(b) if b is not None else len(p)
         if b is not None and p is not None and len(b) != len(p):
-            raise ValueError(f"{len(b)} boxes but {len(p)} sets of five_points")
+            raise UserError(f"{len(b)} boxes but {len(p)} sets of five_points")
         s = np.ones(n) if scores is None else np.asarray(scores, np.float64).reshape(-1)
         if len(s) != n:
-            raise ValueError(f"{n} faces but {len(s)} scores")
+            raise UserError(f"{n} faces but {len(s)} scores")
         cal = self.detector.calibration if self.detector is not None else None
         out = []
         for i in range(n):
@@ -352,9 +360,7 @@ class FacePipeline:
         rgb = self.prepare(frame, color)
         t1 = time.perf_counter()
         if rgb is None:
-            return FrameResult(faces=[], frame_hw=None, task=self.task, labels=self.labels,
-                               timings={**{s: 0.0 for s in STAGES}, "preprocess": (t1 - t0) * 1000,
-                                        "total": (t1 - t0) * 1000})
+            return FrameResult.no_faces(self.task, self.labels, preprocess_ms=(t1 - t0) * 1000)
         if boxes is not None or five_points is not None:
             dets = self.detections_from_app(rgb, boxes, five_points, scores)
         else:

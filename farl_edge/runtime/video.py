@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from farl_edge.errors import UserError
 from farl_edge.runtime.detector import Detection, box_iou
 from farl_edge.runtime.frames import FrameError
 from farl_edge.runtime.pipeline import STAGES, FacePipeline, FrameResult
@@ -126,7 +127,7 @@ class FrameReader(threading.Thread):
     def __init__(self, source, queue_size: int = 2, drop_stale: bool = False, max_frames: int | None = None):
         super().__init__(name="farl-edge-frame-reader", daemon=True)
         if queue_size < 1:
-            raise ValueError("queue_size must be >= 1")
+            raise UserError("queue_size must be >= 1")
         self.source = source
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.drop_stale = drop_stale
@@ -229,7 +230,7 @@ class EmaFilter:
 
     def __init__(self, alpha: float = 0.5):
         if not 0 < alpha <= 1:
-            raise ValueError("alpha must be in (0, 1]")
+            raise UserError("alpha must be in (0, 1]")
         self.alpha = float(alpha)
         self.x = None
 
@@ -255,7 +256,7 @@ class FaceSmoother:
 
     def __init__(self, kind: str = "one_euro", iou_threshold: float = 0.3, max_missing: int = 5, **params):
         if kind not in ("one_euro", "ema"):
-            raise ValueError(f"smoothing must be 'one_euro' or 'ema', not {kind!r}")
+            raise UserError(f"smoothing must be 'one_euro' or 'ema', not {kind!r}")
         self.kind, self.iou_threshold, self.max_missing, self.params = kind, iou_threshold, max_missing, params
         self.tracks: list[_Track] = []
         self._next_id = 0
@@ -389,15 +390,12 @@ class CaptureLoop:
         try:
             rgb = p.prepare(frame.image, self.color)
         except FrameError as e:
-            result = FrameResult(faces=[], frame_hw=None, task=p.task, labels=p.labels,
-                                 timings={s: 0.0 for s in (*STAGES, "total")}, error=str(e))
+            result = FrameResult.no_faces(p.task, p.labels, error=str(e))
             self.stats.errors += 1
             return result
         t1 = time.perf_counter()
         if rgb is None:
-            return FrameResult(faces=[], frame_hw=None, task=p.task, labels=p.labels,
-                               timings={**{s: 0.0 for s in STAGES}, "preprocess": (t1 - t0) * 1000,
-                                        "total": (t1 - t0) * 1000}, error="empty frame")
+            return FrameResult.no_faces(p.task, p.labels, preprocess_ms=(t1 - t0) * 1000, error="empty frame")
         try:
             if self.detections is not None:
                 dets = p.detections_from_app(rgb, **(self.detections(frame.image) or {}))
@@ -405,8 +403,7 @@ class CaptureLoop:
                 dets = p.detect(rgb)
         except ValueError as e:  # the app's detections had the wrong shape
             self.stats.errors += 1
-            return FrameResult(faces=[], frame_hw=rgb.shape[:2], task=p.task, labels=p.labels,
-                               timings={s: 0.0 for s in (*STAGES, "total")}, error=str(e))
+            return FrameResult.no_faces(p.task, p.labels, frame_hw=rgb.shape[:2], error=str(e))
         if self.smoother is not None:
             dets = self.smoother.smooth_detections(dets, frame.timestamp)
         t2 = time.perf_counter()

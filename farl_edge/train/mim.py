@@ -30,6 +30,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from farl_edge.checkpoint import TRUST_FLAG
+from farl_edge.errors import UserError
+
 DEFAULT_MASK_RATIO = 0.4
 TARGETS = ("pixels", "tokens", "none")
 
@@ -37,7 +40,7 @@ TARGETS = ("pixels", "tokens", "none")
 # --------------------------------------------------------------------------- masks
 def num_masked(num_patches: int, ratio: float) -> int:
     if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"mask ratio must be in [0, 1), not {ratio}")
+        raise UserError(f"mask ratio must be in [0, 1), not {ratio}")
     return int(round(ratio * num_patches))
 
 
@@ -99,7 +102,7 @@ def generate_masks(batch: int, grid: int, ratio: float = DEFAULT_MASK_RATIO, mod
     elif mode == "random":
         masks = [random_mask(grid, ratio, rng) for _ in range(batch)]
     else:
-        raise ValueError(f"mask mode must be 'block' or 'random', not {mode!r}")
+        raise UserError(f"mask mode must be 'block' or 'random', not {mode!r}")
     return torch.stack(masks)
 
 
@@ -109,7 +112,7 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     b, c, h, w = images.shape
     p = patch_size
     if h % p or w % p:
-        raise ValueError(f"image {h}x{w} is not a multiple of the patch size {p}")
+        raise UserError(f"image {h}x{w} is not a multiple of the patch size {p}")
     x = images.reshape(b, c, h // p, p, w // p, p)
     x = torch.einsum("bchpwq->bhwpqc", x)
     return x.reshape(b, (h // p) * (w // p), p * p * c)
@@ -157,15 +160,17 @@ def prepare_tokenizer_input(images: torch.Tensor, kind: str) -> torch.Tensor:
         return (1 - 2 * _LOGIT_LAPLACE_EPS) * images + _LOGIT_LAPLACE_EPS
     if kind == "minus_one_one":
         return images * 2 - 1
-    raise ValueError(f"tokenizer input must be unit, clip, dall_e or minus_one_one, not {kind!r}")
+    raise UserError(f"tokenizer input must be unit, clip, dall_e or minus_one_one, not {kind!r}")
 
 
-def load_tokenizer_fn(spec: str, fmt: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def load_tokenizer_fn(spec: str, fmt: str | None = None, *,
+                      trust_torchscript: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """A user-supplied visual tokenizer, named explicitly in the config.
 
     ``spec``: ``"package.module:function"`` (a Python callable), or a file: ``.onnx`` (run with ONNX
     Runtime, first input = images) or a TorchScript file (``.pt``/``.pth``/``.jit``/``.ts``). Loading
-    TorchScript executes code from the file: only point this at a file you trust.
+    TorchScript executes code from the file: refused unless ``trust_torchscript`` (the same opt-in as
+    TorchScript checkpoints, ``--trust-torchscript``).
     ``fmt``: ``callable``, ``onnx`` or ``torchscript`` to override the detection.
     """
     path = Path(spec)
@@ -177,11 +182,11 @@ def load_tokenizer_fn(spec: str, fmt: str | None = None) -> Callable[[torch.Tens
         elif ":" in spec:
             fmt = "callable"
         else:
-            raise ValueError(f"MIM tokenizer {spec!r}: not a file and not a 'module:function' name")
+            raise UserError(f"MIM tokenizer {spec!r}: not a file and not a 'module:function' name")
     if fmt == "callable":
         module_name, _, attr = spec.partition(":")
         if not module_name or not attr:
-            raise ValueError(f"MIM tokenizer {spec!r}: expected 'module:function'")
+            raise UserError(f"MIM tokenizer {spec!r}: expected 'module:function'")
         obj = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
@@ -191,6 +196,10 @@ def load_tokenizer_fn(spec: str, fmt: str | None = None) -> Callable[[torch.Tens
     if not path.is_file():
         raise FileNotFoundError(f"MIM tokenizer file {path} does not exist")
     if fmt == "torchscript":
+        if not trust_torchscript:
+            raise UserError(f"MIM tokenizer {path} is a TorchScript file, and loading TorchScript executes code "
+                            f"stored in the file; if you trust its source, opt in with {TRUST_FLAG} "
+                            f"(trust_torchscript=True)")
         module = torch.jit.load(str(path), map_location="cpu").eval()
         return module
     if fmt == "onnx":
@@ -205,7 +214,7 @@ def load_tokenizer_fn(spec: str, fmt: str | None = None) -> Callable[[torch.Tens
             return torch.from_numpy(np.ascontiguousarray(out))
 
         return run_onnx
-    raise ValueError(f"MIM tokenizer format must be callable, onnx or torchscript, not {fmt!r}")
+    raise UserError(f"MIM tokenizer format must be callable, onnx or torchscript, not {fmt!r}")
 
 
 class TokenTarget:
@@ -217,9 +226,9 @@ class TokenTarget:
     """
 
     def __init__(self, spec: str, vocab_size: int, input: str = "unit", image_size: int | None = None,
-                 fmt: str | None = None, device: torch.device | str = "cpu"):
+                 fmt: str | None = None, device: torch.device | str = "cpu", *, trust_torchscript: bool = False):
         self.spec, self.vocab_size, self.input, self.image_size = spec, vocab_size, input, image_size
-        self.fn = load_tokenizer_fn(spec, fmt)
+        self.fn = load_tokenizer_fn(spec, fmt, trust_torchscript=trust_torchscript)
         if isinstance(self.fn, torch.nn.Module):
             self.fn = self.fn.to(device)
         self.device = torch.device(device)
@@ -234,15 +243,15 @@ class TokenTarget:
         out = torch.as_tensor(out).to(images.device)
         if out.is_floating_point():
             if out.ndim != 4:
-                raise ValueError(f"MIM tokenizer {self.spec!r} returned float output of shape {tuple(out.shape)};"
+                raise UserError(f"MIM tokenizer {self.spec!r} returned float output of shape {tuple(out.shape)};"
                                  " expected ids (B, N) or logits (B, V, h, w)")
             out = out.argmax(dim=1)
         ids = out.reshape(out.shape[0], -1).long()
         if ids.shape != (images.shape[0], num_patches):
-            raise ValueError(f"MIM tokenizer {self.spec!r} gave {tuple(ids.shape[1:])} tokens per image;"
+            raise UserError(f"MIM tokenizer {self.spec!r} gave {tuple(ids.shape[1:])} tokens per image;"
                              f" the model has {num_patches} patches")
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
-            raise ValueError(f"MIM tokenizer {self.spec!r} gave ids outside [0, {self.vocab_size})")
+            raise UserError(f"MIM tokenizer {self.spec!r} gave ids outside [0, {self.vocab_size})")
         return ids
 
 
@@ -254,7 +263,7 @@ def lm_head_size(mim_cfg: dict, patch_size: int) -> int:
         return patch_size * patch_size * 3
     if target == "tokens":
         return int(mim_cfg.get("vocab_size", 8192))
-    raise ValueError(f"MIM target {target!r} has no lm_head")
+    raise UserError(f"MIM target {target!r} has no lm_head")
 
 
 def mim_loss(pred: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, target: str, patch_size: int,
@@ -264,6 +273,6 @@ def mim_loss(pred: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, targe
         return pixel_loss(pred, pixel_targets(images, patch_size, normalize=norm_pix)[mask])
     if target == "tokens":
         if tokens is None:
-            raise ValueError("token MIM target needs the tokenizer's ids")
+            raise UserError("token MIM target needs the tokenizer's ids")
         return token_loss(pred, tokens[mask])
-    raise ValueError(f"MIM target must be one of {TARGETS[:2]}, not {target!r}")
+    raise UserError(f"MIM target must be one of {TARGETS[:2]}, not {target!r}")

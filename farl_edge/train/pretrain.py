@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from farl_edge.errors import UserError
 from farl_edge.train import mim as mim_lib
 from farl_edge.train.contrastive import clamp_logit_scale_, contrastive_loss
 from farl_edge.train.distributed import barrier, cleanup, init_distributed
@@ -64,6 +65,7 @@ DEFAULTS = {
     "save_every": 1000,
     "keep_checkpoints": 5,       # official-layout files kept in checkpoints/ (None: all)
     "init": None,                # start from an official FaRL .pth (or one of ours)
+    "trust_torchscript": False,  # allow a TorchScript mim.tokenizer (loading it runs code from the file)
     # require_text False: images without caption join masked image modelling only (mixed batches)
     "data": {"shuffle_buffer": 1000, "crop_scale": [0.9, 1.0], "crop_ratio": [0.75, 1.3333333333333333],
              "require_text": True},
@@ -107,19 +109,19 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             cfg[key] = value
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
-        raise ValueError(f"unknown pre-training config keys {sorted(unknown)}")
+        raise UserError(f"unknown pre-training config keys {sorted(unknown)}")
     for section in _NESTED:
         unknown = set(cfg[section]) - set(DEFAULTS[section])
         if unknown:
-            raise ValueError(f"unknown keys in config section {section!r}: {sorted(unknown)}")
+            raise UserError(f"unknown keys in config section {section!r}: {sorted(unknown)}")
     for key in ("shards", "output"):
         if not cfg[key]:
-            raise ValueError(f"pre-training config needs {key!r}")
+            raise UserError(f"pre-training config needs {key!r}")
     check_shards(cfg["shards"])
     if cfg["mim"]["target"] not in mim_lib.TARGETS:
-        raise ValueError(f"mim.target must be one of {mim_lib.TARGETS}, not {cfg['mim']['target']!r}")
+        raise UserError(f"mim.target must be one of {mim_lib.TARGETS}, not {cfg['mim']['target']!r}")
     if cfg["mim"]["target"] == "tokens" and not cfg["mim"]["tokenizer"]:
-        raise ValueError("mim.target 'tokens' needs mim.tokenizer ('module:function', a .onnx or a TorchScript file)")
+        raise UserError("mim.target 'tokens' needs mim.tokenizer ('module:function', a .onnx or a TorchScript file)")
     return cfg
 
 
@@ -130,11 +132,11 @@ def check_shards(shards) -> None:
     patterns = [shards] if isinstance(shards, str) else list(shards)
     urls = [u for pattern in patterns for u in wds.shardlists.expand_urls(str(pattern))]
     if not urls:
-        raise ValueError(f"--shards {shards!r} names no shard")
+        raise UserError(f"--shards {shards!r} names no shard")
     local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
     missing = [u for u in local if not Path(u).is_file()]
     if missing:
-        raise ValueError(f"{len(missing)} of {len(urls)} shard files do not exist, e.g. {missing[0]}; "
+        raise UserError(f"{len(missing)} of {len(urls)} shard files do not exist, e.g. {missing[0]}; "
                          f"check --shards (brace notation: 'dir/{{000000..000009}}.tar'; "
                          f"make shards with train/make_pretrain_shards.py)")
 
@@ -301,7 +303,8 @@ def run(cfg: dict) -> dict:
     tokenizer = None
     if m["target"] == "tokens":
         tokenizer = mim_lib.TokenTarget(m["tokenizer"], clip.visual.lm_head.out_features, m["tokenizer_input"],
-                                        m["tokenizer_image_size"], m["tokenizer_format"], info.device)
+                                        m["tokenizer_image_size"], m["tokenizer_format"], info.device,
+                                        trust_torchscript=bool(cfg["trust_torchscript"]))
 
     # ---- resume (or init)
     streams = max(1, int(cfg["workers"]))

@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from farl_edge.errors import UserError
 from farl_edge.train.captions import caption_from_landmarks, caption_from_mask
+from farl_edge.utils import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 EVALUATION_FOLDERS = ("test-helen", "val", "test")
 MANIFEST = "manifest.json"
 FACE_CROP_SCALE = 1.8  # 300-W crop side / landmark box side: a face share like LFW's and CelebAMask-HQ's
@@ -50,7 +51,7 @@ def _refuse_evaluation_folder(folder: Path) -> None:
     parts = {p.lower() for p in folder.resolve().parts}
     hit = parts.intersection(EVALUATION_FOLDERS)
     if hit:
-        raise ValueError(f"{folder}: '{hit.pop()}' is an evaluation split; pre-training takes training images only")
+        raise UserError(f"{folder}: '{hit.pop()}' is an evaluation split; pre-training takes training images only")
 
 
 def collect(lfw: str | Path | None = None, ibug300w: str | Path | None = None,
@@ -66,24 +67,24 @@ def collect(lfw: str | Path | None = None, ibug300w: str | Path | None = None,
         for p in _images(folder):
             pts = p.with_suffix(".pts")
             if not pts.exists():
-                raise ValueError(f"{p}: no landmark file {pts.name} beside it")
+                raise UserError(f"{p}: no landmark file {pts.name} beside it")
             items.append(Item("300w", p, pts))
     if celebm:
         folder = Path(celebm)
         _refuse_evaluation_folder(folder)
         images, masks = folder / "images", folder / "masks"
         if not images.is_dir() or not masks.is_dir():
-            raise ValueError(f"{folder}: expected images/ and masks/ (CelebAMask-HQ index-PNG layout)")
+            raise UserError(f"{folder}: expected images/ and masks/ (CelebAMask-HQ index-PNG layout)")
         for p in _images(images):
             m = masks / (p.stem + ".png")
             if not m.exists():
-                raise ValueError(f"{p}: no mask {m}")
+                raise UserError(f"{p}: no mask {m}")
             items.append(Item("celebm", p, m))
     for name, value in (("lfw", lfw), ("300w", ibug300w), ("celebm", celebm)):
         if value and not any(i.source == name for i in items):
-            raise ValueError(f"{value}: no images ({', '.join(IMAGE_SUFFIXES)}) found for source {name}")
+            raise UserError(f"{value}: no images ({', '.join(IMAGE_SUFFIXES)}) found for source {name}")
     if not items:
-        raise ValueError("no source folder given: name at least one of lfw, 300w, celebm")
+        raise UserError("no source folder given: name at least one of lfw, 300w, celebm")
     return items
 
 
@@ -143,7 +144,7 @@ def write_pretrain_shards(output: str | Path, *, lfw=None, ibug300w=None, celebm
     from tqdm.auto import tqdm
 
     if per_shard < 1 or max_side < 32:
-        raise ValueError("per_shard must be >= 1 and max_side >= 32")
+        raise UserError("per_shard must be >= 1 and max_side >= 32")
     out = Path(output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty folder; choose a new output folder")

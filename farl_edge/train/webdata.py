@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from farl_edge.errors import UserError
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 MAX_EMPTY_SHARDS = 100  # consecutive shards without one good sample → the data is unusable
@@ -153,14 +154,14 @@ class LaionFaceShards(IterableDataset):
         patterns = [urls] if isinstance(urls, str) else list(urls)
         self.urls = [u for pattern in patterns for u in wds.shardlists.expand_urls(str(pattern))]
         if not self.urls:
-            raise ValueError(f"no shards in {urls!r}")
+            raise UserError(f"no shards in {urls!r}")
         self.image_size, self.batch_size = int(image_size), int(batch_size)
         self.seed, self.rank, self.num_streams, self.generation = int(seed), int(rank), int(num_streams), int(generation)
         self.shuffle_buffer, self.context_length = int(shuffle_buffer), int(context_length)
         self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
         self.positions = list(positions) if positions else [None] * self.num_streams
         if len(self.positions) != self.num_streams:
-            raise ValueError(f"{len(self.positions)} stream positions for {self.num_streams} streams")
+            raise UserError(f"{len(self.positions)} stream positions for {self.num_streams} streams")
         self.stream_offset = int(stream_offset) % self.num_streams
         self.log_first_bad = log_first_bad
         # False: a sample without caption is an image for masked image modelling only (has_text False)
@@ -278,6 +279,6 @@ class StreamTracker:
 def make_loader(dataset: LaionFaceShards, workers: int, pin_memory: bool = False) -> DataLoader:
     """Batches are built in the dataset (``batch_size=None``); one stream per worker."""
     if max(1, workers) != dataset.num_streams:
-        raise ValueError(f"{workers} workers need a dataset with {max(1, workers)} streams, not {dataset.num_streams}")
+        raise UserError(f"{workers} workers need a dataset with {max(1, workers)} streams, not {dataset.num_streams}")
     kwargs = dict(prefetch_factor=2, persistent_workers=False) if workers > 0 else {}
     return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory, **kwargs)

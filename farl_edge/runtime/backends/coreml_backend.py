@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from farl_edge.errors import UserError
 from farl_edge.runtime import ArtifactError
 
 NAME = "coreml"
@@ -50,9 +51,9 @@ def check_package(path: Path) -> None:
 class CoreMLRunner:
     def __init__(self, model_path: Path, compute_units: str = "ALL", **unused):
         if unused:
-            raise ValueError(f"unknown coreml options {sorted(unused)}; known: compute_units")
+            raise UserError(f"unknown coreml options {sorted(unused)}; known: compute_units")
         if compute_units not in COMPUTE_UNITS:
-            raise ValueError(f"compute_units must be one of {', '.join(COMPUTE_UNITS)}, not {compute_units!r}")
+            raise UserError(f"compute_units must be one of {', '.join(COMPUTE_UNITS)}, not {compute_units!r}")
         path = package_path(model_path)
         check_package(path)
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):

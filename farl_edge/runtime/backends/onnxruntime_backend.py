@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from farl_edge.errors import UserError
+
 NAME = "onnxruntime"
 LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
           "all": "ORT_ENABLE_ALL"}
@@ -24,10 +26,10 @@ class OrtRunner:
         import onnxruntime as ort
 
         if unused:
-            raise ValueError(f"unknown onnxruntime options {sorted(unused)}; known: threads, optimization_level, "
+            raise UserError(f"unknown onnxruntime options {sorted(unused)}; known: threads, optimization_level, "
                              f"providers, inter_op_threads")
         if optimization_level not in LEVELS:
-            raise ValueError(f"optimization_level must be one of {list(LEVELS)}, not {optimization_level!r}")
+            raise UserError(f"optimization_level must be one of {list(LEVELS)}, not {optimization_level!r}")
         so = ort.SessionOptions()
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[optimization_level])
         so.intra_op_num_threads = int(threads or os.cpu_count() or 1)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from farl_edge.errors import UserError
+
 NAME = "openvino"
 PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
 
@@ -40,14 +42,14 @@ class OpenVinoRunner:
         import openvino as ov
 
         if unused:
-            raise ValueError(f"unknown openvino options {sorted(unused)}; known: device, threads, "
+            raise UserError(f"unknown openvino options {sorted(unused)}; known: device, threads, "
                              f"inference_precision, performance_hint")
         config = {"PERFORMANCE_HINT": performance_hint}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if inference_precision and inference_precision != "default":
             if inference_precision not in PRECISIONS:
-                raise ValueError(f"inference_precision must be one of {sorted(PRECISIONS)} or 'default', "
+                raise UserError(f"inference_precision must be one of {sorted(PRECISIONS)} or 'default', "
                                  f"not {inference_precision!r}")
             config["INFERENCE_PRECISION_HINT"] = PRECISIONS[inference_precision]
         core = ov.Core()

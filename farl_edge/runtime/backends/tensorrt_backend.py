@@ -18,8 +18,8 @@ import ctypes
 import ctypes.util
 import hashlib
 import importlib
-import io
 import importlib.util
+import io
 import json
 import struct
 import sys
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from farl_edge.errors import UserError
 from farl_edge.runtime import ArtifactError
 
 NAME = "tensorrt"
@@ -149,7 +150,7 @@ def normalize_cc(cc) -> str:
         major, _, minor = text.partition(".")
         text = f"{int(major)}{int(minor)}"
     if not text.isdigit() or len(text) < 2:
-        raise ValueError(f"compute capability {cc!r} is not like 8.9, sm89 or current")
+        raise UserError(f"compute capability {cc!r} is not like 8.9, sm89 or current")
     return f"sm{text}"
 
 
@@ -320,7 +321,7 @@ class TensorRTRunner:
     def __init__(self, engine_path: Path, manifest: dict | None = None, device: int = 0,
                  allow_version_mismatch: bool = False, **unused):
         if unused:
-            raise ValueError(f"unknown tensorrt options {sorted(unused)}; known: device, allow_version_mismatch")
+            raise UserError(f"unknown tensorrt options {sorted(unused)}; known: device, allow_version_mismatch")
         header, engine_bytes = read_engine(engine_path)
         flavour = header["flavour"]
         devices = cuda_devices()
