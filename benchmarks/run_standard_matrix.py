@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from farl_edge.bench.report import portable_text
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -82,7 +84,8 @@ def run_model(name: str, group: str, out: Path, cache: Path, args) -> dict:
     print("+ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     t0 = time.time()
     rc = subprocess.call(cmd, stdout=subprocess.DEVNULL if args.quiet else None)
-    return {"model": name, "rc": rc, "seconds": round(time.time() - t0), "command": " ".join(shlex.quote(c) for c in cmd)}
+    command = portable_text(" ".join(shlex.quote(c) for c in cmd))  # no folder of this machine in runs.json
+    return {"model": name, "rc": rc, "seconds": round(time.time() - t0), "command": command}
 
 
 def from_folder(path: Path) -> dict:
