@@ -84,6 +84,7 @@ def run_export(name: str, target: str, precision: str, out: Path, *extra: str, *
     """Export through the Python API (exceptions propagate); random-init int8 gets the relaxed
     task limits documented above."""
     from farl_edge.export.pipeline import export
+    from farl_edge.export.request import ExportRequest
 
     overrides = None
     if precision == "int8" and not has_weights(name):
@@ -93,7 +94,7 @@ def run_export(name: str, target: str, precision: str, out: Path, *extra: str, *
     if precision == "int8":
         kwargs.update(calib=calib_dir(name), calib_size=CALIB_SIZE)
     kwargs.update(api_kwargs)
-    return export(name, target, precision, **kwargs)
+    return export(ExportRequest(model=name, target=target, precision=precision, **kwargs))
 
 
 def read_manifest(path: Path) -> dict:

@@ -45,19 +45,24 @@ class Stubs:
         return runner.ModelInfo(name, get_config(name), None, False, "stub weights",
                                 {"total": 2.0, "backbone": 1.5, "head": 0.5}, 1.0, 4_000_000, None, None)
 
-    def export(self, model, target, precision, *, output, batch, **kwargs):
+    def export(self, request):
         """The pipeline's contract as the bench uses it, checked against the formats table."""
+        from farl_edge.export.request import ExportRequest
         from farl_edge.registry import get_config
 
+        assert isinstance(request, ExportRequest)
+        target, precision, model, batch = request.target, request.precision, request.model, request.batch
         fmt = FORMATS[target]
         assert precision in fmt.precisions, (target, precision)
-        assert set(kwargs.get("options", {})) <= set(fmt.options), kwargs
+        assert set(request.options) <= set(fmt.options), request.options
+        kwargs = {"options": request.options} if request.options else {}
         if precision == "int8":
-            assert kwargs["int8_mode"] in fmt.int8_modes, kwargs
+            assert request.int8_mode in fmt.int8_modes, request
+            kwargs["int8_mode"] = request.int8_mode
         else:
-            assert "int8_mode" not in kwargs
+            assert request.int8_mode == ExportRequest(model=model).int8_mode  # left at its default
         name = model if isinstance(model, str) else model.cfg.base
-        out = Path(output)
+        out = Path(request.output)
         out.mkdir(parents=True, exist_ok=True)
         (out / "model.bin").write_bytes(b"\0" * 2000)
         manifest = {"status": "ok", "model": get_config(name).to_dict(), "target": target, "precision": precision,
@@ -313,6 +318,31 @@ def test_cli_user_errors(argv, message, tmp_path, capsys):
     assert message in capsys.readouterr().err
     assert main(["bench", "--dry-run", "--out", str(tmp_path)]) == 2  # no model, no preset
     assert "--model is required" in capsys.readouterr().err
+
+
+def test_bench_options_are_one_typed_source():
+    """BenchOptions: one field per flag; presets only set options that have a default; the effective
+    command spells every resolved option out (preset values included), then --export-option, then switches."""
+    import dataclasses
+
+    from farl_edge.bench.cli import DEFAULTS, PRESETS, BenchOptions
+    from farl_edge.cli import build_parser
+
+    assert {k for p in PRESETS.values() for k in p} <= set(DEFAULTS)
+    args = build_parser().parse_args(["bench", "--preset", "mac", "--model", MODEL, "--no-stages", "--threads", "2",
+                                      "--export-option", "coreml:coreml_weights=palettize6", "--cache", "c d",
+                                      "--random-init", "--quiet", "--export-only"])
+    opts = BenchOptions.from_args(args)
+    assert opts.iters is None and opts.export_option == ["coreml:coreml_weights=palettize6"]
+    opts = opts.resolved()
+    assert (opts.iters, opts.eval_limit, opts.stages, opts.out) == (10, 16, "full", "bench-results")
+    assert {f.name for f in dataclasses.fields(opts)} >= set(DEFAULTS)
+    assert opts.command_line() == (
+        "farl-edge bench --preset mac --model farl-small-300w --targets torch,coreml --precisions "
+        "torch:fp32,coreml:fp32,coreml:fp16,coreml:int8 --batch 1,8 --device cpu --threads 2 --iters 10 "
+        "--min-time 2.0 --max-time 60.0 --max-iters 1000 --warmup 2 --rel-tol 0.02 --eval-limit 16 --stages full "
+        "--out bench-results --cache 'c d' --calib-size 16 --export-eval-size 4 --onnx-int8-mode dynamic "
+        "--export-option coreml:coreml_weights=palettize6 --no-stages --random-init")
 
 
 def test_export_option_reaches_the_config(tmp_path):

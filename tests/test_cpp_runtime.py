@@ -114,11 +114,11 @@ def _export(name: str, out: Path) -> Path:
     pytest.importorskip("torch")
     from export_fixtures import eval_dir, fallback_checkpoint, torch_export_cache
 
-    from farl_edge.export import export
+    from farl_edge.export import ExportRequest, export
 
     with torch_export_cache():
-        export(name, "onnx", "fp32", output=out, eval_data=eval_dir(name), eval_size=2,
-               checkpoint=fallback_checkpoint(name), log=lambda m: None)
+        export(ExportRequest(model=name, target="onnx", precision="fp32", output=out, eval_data=eval_dir(name),
+                             eval_size=2, checkpoint=fallback_checkpoint(name), log=lambda m: None))
     return out
 
 

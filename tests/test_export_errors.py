@@ -86,28 +86,36 @@ def test_builder_crash_leaves_nothing(tmp_path, monkeypatch):
 
     from farl_edge.export import formats, onnx_export
     from farl_edge.export.pipeline import export
+    from farl_edge.export.request import ExportRequest
 
     fmt = dataclasses.replace(formats.FORMATS["onnx"], builder=f"{__name__}:interrupted_builder")
     monkeypatch.setitem(formats.FORMATS, "onnx", fmt)
 
     with pytest.raises(KeyboardInterrupt):
-        export(ALIGN, "onnx", "fp32", output=tmp_path / "a", eval_data=eval_dir(ALIGN), eval_size=2,
-               pretrained=False, log=lambda m: None)
+        export(ExportRequest(model=ALIGN, target="onnx", precision="fp32", output=tmp_path / "a",
+                             eval_data=eval_dir(ALIGN), eval_size=2, pretrained=False, log=lambda m: None))
     assert leftovers(tmp_path) == []
     assert onnx_export  # imported: the real builder stays registered
 
 
 def test_every_recipe_is_valid_and_implemented():
-    from farl_edge.export.cli import RECIPE_KEYS, load_recipe
+    from farl_edge.export.cli import load_recipe
     from farl_edge.export.formats import ALL_BUILDER_OPTIONS, FORMATS
+    from farl_edge.export.pipeline import check_request
+    from farl_edge.export.request import ExportRequest
 
     recipes = sorted((ROOT / "export").glob("*.json"))
     assert len(recipes) >= 4
     all_options = set(ALL_BUILDER_OPTIONS)
-    assert all_options <= RECIPE_KEYS
+    assert all_options <= ExportRequest.recipe_keys()
     for path in recipes:
         r = load_recipe(f"export/{path.stem}")
         fmt = FORMATS[r["target"]]
         assert r.get("precision", "fp32") in fmt.precisions, path
         assert r.get("description"), path
         assert set(r) & all_options <= set(fmt.options), path  # options fit the target
+        request = ExportRequest.from_recipe(r, model=ALIGN)  # recipe keys = request fields (+ builder options)
+        assert request.target == r["target"] and request.recipe == r
+        assert request.options == {k: v for k, v in r.items() if k in all_options}, path
+        if not fmt.missing():
+            assert check_request(request) is fmt

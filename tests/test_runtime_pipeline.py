@@ -57,14 +57,15 @@ def artifact_300w(tmp_path_factory):
     """farl-small-300w exported to ONNX fp32 (shipped weights when present, else seeded random)."""
     torch = pytest.importorskip("torch")
     helen = shared_data("300w", "test-helen")
-    from farl_edge.export import export
+    from farl_edge.export import ExportRequest, export
     from farl_edge.models import create_model
     from farl_edge.models.predictor import TorchPredictor
 
     torch.manual_seed(0)
     net = create_model("farl-small-300w").eval()
     out = tmp_path_factory.mktemp("art") / "farl-small-300w-onnx-fp32"
-    export(net, "onnx", "fp32", output=out, eval_data=helen, eval_size=2, log=lambda *a: None)
+    export(ExportRequest(model=net, target="onnx", precision="fp32", output=out, eval_data=helen, eval_size=2,
+                         log=lambda *a: None))
     return out, TorchPredictor(net)
 
 

@@ -226,10 +226,10 @@ def test_rtx_engine_build(prepared, precision, tmp_path):
     flavour = tbuild.load_flavour("tensorrt-rtx")
     assert flavour.ahead_of_time and "sm89" in flavour.supported_ccs()
     src, info = prepared[precision]
-    record = tbuild.build_engine(src, tmp_path / "model.engine", flavour=flavour, precision=precision,
-                                 header={"model": ALIGN, "input_size": 224, "graph_tool": info["tool"]},
-                                 batch=1, compute_capabilities="sm86,8.9", log_path=tmp_path / "build.log",
-                                 log=lambda m: None)
+    record = tbuild.build_engine(tbuild.EngineBuild(
+        onnx_path=src, engine_path=tmp_path / "model.engine", flavour=flavour, precision=precision,
+        header={"model": ALIGN, "input_size": 224, "graph_tool": info["tool"]}, batch=1,
+        compute_capability="sm86,8.9", log_path=tmp_path / "build.log", log=lambda m: None))
     header = tb.read_header(tmp_path / "model.engine")
     assert header["flavour"] == "tensorrt-rtx" and header["version"] == flavour.version
     assert header["compute_capabilities"] == ["sm86", "sm89"] and header["precision"] == precision
@@ -248,9 +248,10 @@ def test_rtx_dynamic_batch_profile(plain_onnx, tmp_path):
     from farl_edge.export import tensorrt_build as tbuild
 
     flavour = tbuild.load_flavour("tensorrt-rtx")
-    record = tbuild.build_engine(plain_onnx["dynamic"], tmp_path / "model.engine", flavour=flavour, precision="fp32",
-                                 header={"model": ALIGN}, batch=None, max_batch=8, compute_capabilities="sm89",
-                                 log=lambda m: None)
+    record = tbuild.build_engine(tbuild.EngineBuild.from_options(
+        {"max_batch": 8, "compute_capability": "sm89"}, onnx_path=plain_onnx["dynamic"],
+        engine_path=tmp_path / "model.engine", flavour=flavour, precision="fp32", header={"model": ALIGN},
+        batch=None, log=lambda m: None))
     assert record["batch"] == {"min": 1, "opt": 8, "max": 8}
     assert tb.read_header(tmp_path / "model.engine")["batch"] == {"min": 1, "opt": 8, "max": 8}
     assert record["settings"].get("tf32") is False  # fp32 means fp32
@@ -321,8 +322,9 @@ def test_rtx_engine_runs_on_gpu(prepared, model, faces, tmp_path):
 
     flavour = tbuild.load_flavour("tensorrt-rtx")
     src, _ = prepared["fp16"]
-    tbuild.build_engine(src, tmp_path / "model.engine", flavour=flavour, precision="fp16", header={"model": ALIGN},
-                        batch=1, compute_capabilities="current", log=lambda m: None)
+    tbuild.build_engine(tbuild.EngineBuild(onnx_path=src, engine_path=tmp_path / "model.engine", flavour=flavour,
+                                           precision="fp16", header={"model": ALIGN}, batch=1,
+                                           compute_capability="current", log=lambda m: None))
     runner = tb.TensorRTRunner(tmp_path / "model.engine")
     _, test = faces
     x = test.inputs(model.cfg)[:1]

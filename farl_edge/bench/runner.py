@@ -443,7 +443,7 @@ def backbone_module(info: ModelInfo):
 
 # ----------------------------------------------------------------------------- exports
 def export_kwargs(cfg: BenchConfig, target: str, export_precision: str) -> dict:
-    """What the export pipeline gets besides the model, for this target (from the formats table)."""
+    """The ExportRequest fields this target's rows set (from the formats table)."""
     from farl_edge.export.formats import get_format
 
     fmt = get_format(target)
@@ -506,6 +506,7 @@ def source_weights_sha(info: ModelInfo) -> str | None:
 def ensure_artifact(cfg: BenchConfig, info: ModelInfo, row: Row, log) -> tuple[Path, dict]:
     """The cached artifact for ``row`` (exported now when missing) and export facts for the report."""
     from farl_edge.export import pipeline
+    from farl_edge.export.request import ExportRequest
     from farl_edge.export.validate import ParityError
 
     setting = export_setting(row.target, row.precision)
@@ -521,8 +522,9 @@ def ensure_artifact(cfg: BenchConfig, info: ModelInfo, row: Row, log) -> tuple[P
     if stale or not manifest_path.is_file():
         log(f"export {dest.name}")
         model = backbone_module(info) if row.stage == "backbone" else info.name
-        kwargs = dict(output=dest, batch=row.batch, eval_size=cfg.export_eval_size, calib_size=cfg.calib_size,
-                      keep_failed=True, force=True, log=lambda m: None)
+        kwargs = dict(model=model, target=row.target, precision=export_precision, output=dest, batch=row.batch,
+                      eval_size=cfg.export_eval_size, calib_size=cfg.calib_size, keep_failed=True, force=True,
+                      log=lambda m: None)
         if row.stage != "backbone":
             kwargs.update(checkpoint=info.checkpoint, pretrained=info.pretrained)
         if info.eval_dir:
@@ -532,7 +534,7 @@ def ensure_artifact(cfg: BenchConfig, info: ModelInfo, row: Row, log) -> tuple[P
         kwargs.update(export_kwargs(cfg, row.target, export_precision))
         t0 = time.time()
         try:
-            pipeline.export(model, row.target, export_precision, **kwargs)
+            pipeline.export(ExportRequest(**kwargs))
         except ParityError as e:
             log(f"  {dest.name}: parity validation failed (kept, marked failed): "
                 + ", ".join(f"{c.stage}/{c.name}" for c in e.report.failed))

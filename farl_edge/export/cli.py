@@ -8,13 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from farl_edge.export.formats import ALL_BUILDER_OPTIONS, FORMATS
-
-RECIPE_KEYS = {"description", "target", "precision", "calib", "calib_size", "input_size", "batch", "max_drop",
-               "int8_mode", "int8_op_types", "eval_data", "eval_size", "exporter", "inference_precision",
-               "tolerance", "tolerance_overrides", "keep_failed", "require_validation", "notes",
-               *ALL_BUILDER_OPTIONS}
-DEFAULTS = {"precision": "fp32", "calib_size": 64, "batch": "1", "int8_mode": "static", "eval_size": 32}
+from farl_edge.export.formats import FORMATS
+from farl_edge.export.request import ExportRequest
 
 
 def _shipped_recipes() -> dict[str, object]:
@@ -45,83 +40,58 @@ def load_recipe(name: str) -> dict:
         recipe = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"recipe {path} is not valid JSON: {e}") from None
-    unknown = set(recipe) - RECIPE_KEYS
+    known = ExportRequest.recipe_keys()  # the request's recipe fields, the formats' builder options, description, notes
+    unknown = set(recipe) - known
     if unknown:
-        raise UserError(f"recipe {path} has unknown keys {sorted(unknown)}; known: {sorted(RECIPE_KEYS)}")
+        raise UserError(f"recipe {path} has unknown keys {sorted(unknown)}; known: {sorted(known)}")
     if "target" not in recipe:
         raise UserError(f"recipe {path} does not name a target")
     return {"name": str(path) if user else f"export/{stem}", **recipe}
 
 
-def _batch(value) -> int | None:
+def request_from_args(args) -> ExportRequest:
+    """The export request of a command line: defaults, then the recipe (``--recipe``), then the flags."""
     from farl_edge.cli import UserError
 
-    if value is None or str(value) == "dynamic":
-        return None
+    recipe = load_recipe(args.recipe) if args.recipe else {}
+    flags = ExportRequest.flag_settings(args)
     try:
-        b = int(value)
-    except ValueError:
-        raise UserError(f"--batch must be a positive integer or 'dynamic', not {value!r}") from None
-    if b < 1:
-        raise UserError(f"--batch must be a positive integer or 'dynamic', not {value!r}")
-    return b
+        request = ExportRequest.from_recipe(recipe, model=args.model, **flags)
+    except ValueError as e:  # --batch zero
+        raise UserError(str(e)) from None
+    if not request.target:
+        raise UserError("pass --target (" + "|".join(FORMATS) + ") or --recipe")
+    if request.target not in FORMATS:
+        raise UserError(f"unknown target {request.target!r}; known: {', '.join(FORMATS)}")
+    wrong = sorted(set(request.options) - set(FORMATS[request.target].options))
+    if wrong:
+        flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
+        raise UserError(f"{flags} do(es) not apply to --target {request.target}")
+    if request.calib and not Path(request.calib).is_dir():
+        raise UserError(f"calibration folder {request.calib} does not exist" if not Path(request.calib).exists()
+                        else f"calibration data {request.calib} is not a folder")
+    return request
 
 
 def cmd_export(args) -> int:
     from farl_edge.cli import UserError
     from farl_edge.registry import UnknownModelError
 
-    recipe = load_recipe(args.recipe) if args.recipe else {}
-    settings = {**DEFAULTS, **{k: v for k, v in recipe.items() if k not in ("name", "description", "notes")}}
-    for key in ("target", "precision", "calib", "calib_size", "input_size", "batch", "max_drop", "int8_mode",
-                "eval_data", "eval_size", "exporter", "inference_precision", "tolerance"):
-        value = getattr(args, key)
-        if value is not None:
-            settings[key] = value
-    if args.keep_failed:
-        settings["keep_failed"] = True
-    if args.require_validation:
-        settings["require_validation"] = True
-    all_options = sorted(ALL_BUILDER_OPTIONS)
-    for key in all_options:
-        value = getattr(args, key, None)
-        if value is not None:
-            settings[key] = value
-    options = {k: settings[k] for k in all_options if settings.get(k) is not None}
-    if args.int8_ops:
-        settings["int8_op_types"] = [s.strip() for s in args.int8_ops.split(",") if s.strip()]
-    if not settings.get("target"):
-        raise UserError("pass --target (" + "|".join(FORMATS) + ") or --recipe")
-    if settings["target"] not in FORMATS:
-        raise UserError(f"unknown target {settings['target']!r}; known: {', '.join(FORMATS)}")
-    wrong = sorted(set(options) - set(FORMATS[settings["target"]].options))
-    if wrong:
-        flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
-        raise UserError(f"{flags} do(es) not apply to --target {settings['target']}")
-    if settings.get("calib") and not Path(settings["calib"]).is_dir():
-        raise UserError(f"calibration folder {settings['calib']} does not exist" if not Path(settings["calib"]).exists()
-                        else f"calibration data {settings['calib']} is not a folder")
+    request = request_from_args(args)
     from farl_edge.export.pipeline import export
     from farl_edge.export.validate import ParityError
 
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(f"[export] {msg}", file=sys.stderr))
+    if args.quiet:
+        request.log = lambda msg: None
+    else:
+        request.log = lambda msg: print(f"[export] {msg}", file=sys.stderr)
     try:
-        result = export(
-            args.model, settings["target"], settings["precision"], output=args.output,
-            batch=_batch(settings.get("batch")), input_size=settings.get("input_size"), checkpoint=args.checkpoint,
-            pretrained=not args.random_init, calib=settings.get("calib"), calib_size=int(settings["calib_size"]),
-            eval_data=settings.get("eval_data"), eval_size=int(settings["eval_size"]),
-            int8_mode=settings["int8_mode"], int8_op_types=settings.get("int8_op_types"),
-            max_drop=settings.get("max_drop"), exporter=settings.get("exporter"),
-            inference_precision=settings.get("inference_precision"), tolerance=settings.get("tolerance"),
-            tolerance_overrides=settings.get("tolerance_overrides"), keep_failed=bool(settings.get("keep_failed")),
-            require_validation=bool(settings.get("require_validation")), options=options,
-            force=args.force, recipe=recipe or None, log=log)
+        result = export(request)
     except UnknownModelError as e:
         raise UserError(str(e)) from None
     except ParityError as e:
         print(f"farl-edge export: error: {e}", file=sys.stderr)
-        where = "kept, marked failed" if settings.get("keep_failed") else "removed"
+        where = "kept, marked failed" if request.keep_failed else "removed"
         print(f"farl-edge export: the artifact was {where}", file=sys.stderr)
         return 1
     if result.report is not None:
@@ -212,47 +182,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a model to an edge format, validated against PyTorch",
                               description="Export, then validate the artifact beside the PyTorch model on real faces "
                                           "(exit 1 with a table when it does not match).")
-    p.add_argument("--model", required=True, help="registry name or .safetensors checkpoint")
-    p.add_argument("--checkpoint", help="weights for a registry name (default: the shipped weights)")
-    p.add_argument("--random-init", action="store_true", help="no weights (testing the toolchain only)")
-    p.add_argument("--recipe", help="settings from a recipe file, e.g. export/intel-cpu-int8 (flags override it)")
-    p.add_argument("--target", help="|".join(FORMATS))
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="default fp32")
-    p.add_argument("--calib", help="calibration faces: an annotated data set or a folder of face images "
-                                   "(default: ../shared/data train split)")
-    p.add_argument("--calib-size", type=int, help="calibration faces (default 64)")
-    p.add_argument("--int8-mode", choices=["static", "dynamic"], help="onnx int8: static QDQ (default) or dynamic")
-    p.add_argument("--int8-ops", help="onnx static / openvino / tensorrt int8: ONNX op types to quantise, "
-                                        "comma-separated (MatMul,Conv,ConvTranspose), or 'all'; the rest stays float")
-    p.add_argument("--max-drop", type=float, help="openvino int8: accuracy-controlled PTQ, max metric drop "
-                                                  "(NME_io or F1 points)")
-    p.add_argument("--input-size", type=int, help="input size (position embeddings resized once)")
-    p.add_argument("--batch", help="fixed batch N (default 1) or 'dynamic'")
-    p.add_argument("--eval-data", help="annotated faces for validation (default ../shared/data test split)")
-    p.add_argument("--eval-size", type=int, help="faces used in validation (default 32)")
-    p.add_argument("--exporter", choices=["dynamo", "torchscript"], help="torch.onnx exporter (default dynamo)")
-    p.add_argument("--inference-precision", choices=["f32", "bf16", "f16", "default"],
-                   help="openvino: precision the artifact is validated and run with (default f32 for fp32)")
-    p.add_argument("--tolerance", choices=["fp32", "fp16", "bf16", "int8"], help="tolerance set (default: precision)")
-    p.add_argument("--output", help="artifact folder (default artifacts/<model>-<target>-<precision>)")
-    p.add_argument("--force", action="store_true", help="replace an existing artifact folder")
-    p.add_argument("--keep-failed", action="store_true", help="keep an artifact that fails validation (marked failed)")
-    p.add_argument("--require-validation", action="store_true",
-                   help="refuse to publish an artifact this machine cannot run (default: publish it 'unvalidated')")
-    g = p.add_argument_group("tensorrt / tensorrt-rtx")
-    g.add_argument("--compute-capability", help="GPU architectures to build for, e.g. sm89 or sm86,sm89 "
-                                                "(tensorrt-rtx; default: the GPU here, else all supported)")
-    g.add_argument("--max-batch", type=int, help="--batch dynamic: profile max (default 16)")
-    g.add_argument("--opt-batch", type=int, help="--batch dynamic: profile opt (default min(8, max))")
-    g.add_argument("--timing-cache", help="timing cache file to reuse and update (tensorrt)")
-    g.add_argument("--builder-optimization-level", type=int, choices=range(0, 6), metavar="0-5")
-    g.add_argument("--workspace-mb", type=int, help="builder workspace limit")
-    g = p.add_argument_group("coreml")
-    g.add_argument("--coreml-weights", choices=["linear8", "palettize8", "palettize6", "palettize4"],
-                   help="weight compression (int8 default linear8; also applies to fp16)")
-    g.add_argument("--coreml-activations", choices=["auto", "int8", "fp16"],
-                   help="int8: auto = W8A8 where Core ML runs (macOS), else W8")
-    g.add_argument("--deployment-target", help="minimum deployment target, e.g. iOS17 (default iOS16, int8 iOS17)")
+    ExportRequest.add_arguments(p)  # every request field with a flag, then the formats' builder options
     p.add_argument("--json", help="write the manifest of the result here")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_export)

@@ -15,6 +15,22 @@ from typing import Any, Callable
 
 
 @dataclass(frozen=True)
+class BuilderOption:
+    """One target-specific builder option: a field of ``ExportRequest.options``, a recipe key and a
+    ``--flag`` of ``farl-edge export`` (spelled with dashes), all from this one entry."""
+
+    name: str
+    type: Callable | None = None  # argparse type of the --flag (recipe values are taken as JSON gives them)
+    choices: Any = None
+    help: str | None = None
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
 class Format:
     target: str
     precisions: tuple[str, ...]
@@ -24,7 +40,7 @@ class Format:
     requires: tuple[str, ...] = ()  # importable modules the builder needs
     description: str = ""
     int8_modes: tuple[str, ...] = ("static",)
-    options: tuple[str, ...] = ()  # target-specific builder options (export(options=...), recipe keys, CLI flags)
+    options: tuple[str, ...] = ()  # names of its builder options (BUILDER_OPTIONS): request.options, recipe keys, flags
     notes: dict = field(default_factory=dict)
 
     def missing(self) -> list[str]:
@@ -82,9 +98,35 @@ class BuildResult:
 FORMATS: dict[str, Format] = {}
 
 
+# Every builder option a target may take (Format.options names these), with its --flag's type and help.
+BUILDER_OPTIONS: dict[str, BuilderOption] = {o.name: o for o in (
+    BuilderOption("compute_capability", help="GPU architectures to build for, e.g. sm89 or sm86,sm89 "
+                                             "(tensorrt-rtx; default: the GPU here, else all supported)"),
+    BuilderOption("max_batch", int, help="--batch dynamic: profile max (default 16)"),
+    BuilderOption("opt_batch", int, help="--batch dynamic: profile opt (default min(8, max))"),
+    BuilderOption("timing_cache", help="timing cache file to reuse and update (tensorrt)"),
+    BuilderOption("builder_optimization_level", int, choices=range(0, 6), metavar="0-5"),
+    BuilderOption("workspace_mb", int, help="builder workspace limit"),
+    BuilderOption("coreml_weights", choices=["linear8", "palettize8", "palettize6", "palettize4"],
+                  help="weight compression (int8 default linear8; also applies to fp16)"),
+    BuilderOption("coreml_activations", choices=["auto", "int8", "fp16"],
+                  help="int8: auto = W8A8 where Core ML runs (macOS), else W8"),
+    BuilderOption("deployment_target", help="minimum deployment target, e.g. iOS17 (default iOS16, int8 iOS17)"),
+)}
+
+
+def register_builder_option(option: BuilderOption) -> BuilderOption:
+    BUILDER_OPTIONS[option.name] = option
+    return option
+
+
 def register_format(fmt: Format, replace: bool = False) -> Format:
     if fmt.target in FORMATS and not replace:
         raise ValueError(f"export target {fmt.target!r} is already registered")
+    undeclared = [o for o in fmt.options if o not in BUILDER_OPTIONS]
+    if undeclared:
+        raise ValueError(f"export target {fmt.target!r}: options {undeclared} are not in BUILDER_OPTIONS "
+                         f"(register_builder_option first)")
     FORMATS[fmt.target] = fmt
     return fmt
 
@@ -142,3 +184,13 @@ register_format(Format(
 
 # Every builder option any target takes (recipe keys, CLI flags), derived from the formats above.
 ALL_BUILDER_OPTIONS: frozenset[str] = frozenset(o for f in FORMATS.values() for o in f.options)
+
+
+def option_groups() -> dict[str, tuple[str, ...]]:
+    """Builder options grouped by the targets that share them, in table order:
+    ``{"tensorrt / tensorrt-rtx": (...), "coreml": (...)}`` (the --help groups of ``farl-edge export``)."""
+    by_options: dict[tuple[str, ...], list[str]] = {}
+    for f in FORMATS.values():
+        if f.options:
+            by_options.setdefault(f.options, []).append(f.target)
+    return {" / ".join(targets): options for options, targets in by_options.items()}

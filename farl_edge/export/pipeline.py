@@ -1,4 +1,4 @@
-"""``export(model, target, precision, ...)``: one export, end to end.
+"""``export(ExportRequest(model=..., target=..., precision=...))``: one export, end to end.
 
 resolve model → check format/precision/output → evaluation faces → calibration faces (int8)
 → builder (formats table) → manifest → open with the runtime → validate against PyTorch
@@ -8,7 +8,7 @@ Artifacts whose runtime cannot run on the exporting machine (a TensorRT engine w
 GPU, a Core ML package off macOS) are published with status ``unvalidated``: the builder's own
 checks passed (prepared ONNX graph against PyTorch on ONNX Runtime, the Core ML spec), the
 parity run is pending, and ``farl-edge validate ARTIFACT`` does it on the target machine.
-``require_validation=True`` (``--require-validation``) refuses such artifacts instead.
+``ExportRequest(require_validation=True)`` (``--require-validation``) refuses such artifacts instead.
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from farl_edge.export import manifest as mf
 from farl_edge.export.calibration import calibration_set, evaluation_set
 from farl_edge.export.config import TOLERANCES, export_config
-from farl_edge.export.formats import BuildJob, get_format
+from farl_edge.export.formats import FORMATS, BuildJob, get_format
+from farl_edge.export.request import ExportRequest
 from farl_edge.export.validate import ParityError, ParityReport, compare
 from farl_edge.registry import ModelConfig, weights_path
 
@@ -76,56 +76,64 @@ def resolve_model(model, checkpoint=None, pretrained: bool = True, input_size: i
     return net.eval(), weights
 
 
-def export(model, target: str, precision: str = "fp32", *, output: str | Path | None = None,
-           batch: int | None = 1, input_size: int | None = None, checkpoint=None, pretrained: bool = True,
-           calib: str | Path | None = None, calib_size: int = 64, eval_data: str | Path | None = None,
-           eval_size: int = 32, int8_mode: str = "static", int8_op_types=None, max_drop: float | None = None,
-           exporter: str | None = None, inference_precision: str | None = None, tolerance: str | None = None,
-           tolerance_overrides: dict | None = None, keep_failed: bool = False, force: bool = False,
-           require_validation: bool = False, options: dict | None = None, recipe: dict | None = None,
-           log: Callable[[str], None] = print) -> ExportResult:
+def check_request(request: ExportRequest):
+    """The format of ``request`` after the checks that need nothing but the request (ValueError)."""
+    target, precision = request.target, request.precision
+    if not target:
+        raise ValueError("an export request needs a target (" + "|".join(FORMATS) + ")")
+    fmt = get_format(target)
+    fmt.check(precision, request.int8_mode if precision == "int8" else None)
+    if request.max_drop is not None and not (target == "openvino" and precision == "int8"):
+        raise ValueError("--max-drop applies to openvino int8 (NNCF accuracy control) only")
+    if request.tolerance is not None and request.tolerance not in TOLERANCES:
+        raise ValueError(f"unknown tolerance set {request.tolerance!r}")
+    if request.calib_size < 1 or request.eval_size < 1:
+        raise ValueError("--calib-size and --eval-size must be >= 1")
+    unknown = sorted(set(request.options) - set(fmt.options))
+    if unknown:
+        raise ValueError(f"target {target!r} takes no option {', '.join(unknown)}; its options: "
+                         f"{', '.join(fmt.options) or 'none'}")
+    return fmt
+
+
+def export(request: ExportRequest) -> ExportResult:
     """Export one model to one target/precision, validate it, and publish the artifact folder.
 
-    ``options``: target-specific builder options (``Format.options`` in the formats table), e.g.
-    ``{"compute_capability": "sm89", "max_batch": 16}`` for TensorRT or
+    ``request.options``: target-specific builder options (``Format.options`` in the formats table),
+    e.g. ``{"compute_capability": "sm89", "max_batch": 16}`` for TensorRT or
     ``{"coreml_weights": "palettize6"}`` for Core ML.
 
     Raises ValueError for bad requests (before anything is written), ParityError when the
     artifact fails validation (folder removed, or kept and marked failed with ``keep_failed``).
     """
+    if not isinstance(request, ExportRequest):
+        raise TypeError(f"export() takes one ExportRequest, not {type(request).__name__} "
+                        f"(e.g. export(ExportRequest(model=..., target='onnx', precision='fp32')))")
     started = time.time()
-    fmt = get_format(target)
-    fmt.check(precision, int8_mode if precision == "int8" else None)
-    if max_drop is not None and not (target == "openvino" and precision == "int8"):
-        raise ValueError("--max-drop applies to openvino int8 (NNCF accuracy control) only")
-    if tolerance is not None and tolerance not in TOLERANCES:
-        raise ValueError(f"unknown tolerance set {tolerance!r}")
-    if calib_size < 1 or eval_size < 1:
-        raise ValueError("--calib-size and --eval-size must be >= 1")
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(fmt.options))
-    if unknown:
-        raise ValueError(f"target {target!r} takes no option {', '.join(unknown)}; its options: "
-                         f"{', '.join(fmt.options) or 'none'}")
+    fmt = check_request(request)
+    r = request
+    target, precision, log = r.target, r.precision, r.log
+    options = dict(r.options)
     from farl_edge.runtime.backends import backend_available
 
     can_run, why_not = backend_available(fmt.backend)
-    if require_validation and not can_run:
+    if r.require_validation and not can_run:
         raise ValueError(f"{target} artifacts cannot be validated on this machine ({why_not}); drop "
                          f"--require-validation to publish it unvalidated and run `farl-edge validate` "
                          f"on the target machine")
-    net, weights = resolve_model(model, checkpoint, pretrained, input_size)
+    net, weights = resolve_model(r.model, r.checkpoint, r.pretrained, r.input_size)
     cfg = net.cfg
-    ecfg = export_config(cfg, batch=batch, **({"exporter": exporter} if exporter else {}))
-    shown = Path(output) if output else default_output(cfg.name, target, precision)
+    ecfg = export_config(cfg, batch=r.batch, **({"exporter": r.exporter} if r.exporter else {}))
+    shown = Path(r.output) if r.output else default_output(cfg.name, target, precision)
     dest = Path(os.path.abspath(shown))  # "." and "out/" get a usable name and parent
-    mf.check_replaceable(dest, force)
+    mf.check_replaceable(dest, r.force)
     mf.check_writable(dest)
-    evaluation = evaluation_set(cfg, eval_data, eval_size)
-    calibration = calibration_set(cfg, calib, calib_size) if precision == "int8" and not (
-        target == "onnx" and int8_mode == "dynamic") else None
-    if calibration is not None and calibration.kind == "images" and calib and cfg.preprocess.get("warp") not in (None, "full"):
-        log(f"note: {calib} has no annotations: calibration crops are whole images resized "
+    evaluation = evaluation_set(cfg, r.eval_data, r.eval_size)
+    calibration = calibration_set(cfg, r.calib, r.calib_size) if precision == "int8" and not (
+        target == "onnx" and r.int8_mode == "dynamic") else None
+    if calibration is not None and calibration.kind == "images" and r.calib \
+            and cfg.preprocess.get("warp") not in (None, "full"):
+        log(f"note: {r.calib} has no annotations: calibration crops are whole images resized "
             f"(the model expects {cfg.preprocess.get('warp', 'box')} crops)")
 
     from farl_edge.models.predictor import TorchPredictor
@@ -139,13 +147,13 @@ def export(model, target: str, precision: str = "fp32", *, output: str | Path | 
             tempfile.TemporaryDirectory(prefix=".farl-export.work.p%d-" % os.getpid(), dir=tmp_root) as work:
         job = BuildJob(model=net, cfg=cfg, export_cfg=ecfg, precision=precision, folder=staging, workdir=Path(work),
                        calibration=calibration, evaluation=evaluation, log=log,
-                       options={"int8_mode": int8_mode, "int8_op_types": int8_op_types, "max_drop": max_drop,
-                                "exporter": exporter, "inference_precision": inference_precision, **options})
+                       options={"int8_mode": r.int8_mode, "int8_op_types": r.int8_op_types, "max_drop": r.max_drop,
+                                "exporter": r.exporter, "inference_precision": r.inference_precision, **options})
         t0 = time.time()
         built = fmt.load_builder()(job)
         timings = {"build_s": round(time.time() - t0, 1)}
-        tol_name = tolerance or built.tolerance or precision
-        tol = ecfg.tolerance(tol_name, tolerance_overrides)
+        tol_name = r.tolerance or built.tolerance or precision
+        tol = ecfg.tolerance(tol_name, r.tolerance_overrides)
         card = cfg.to_dict()
         manifest = mf.new_manifest(
             status="validating", model=card, task=cfg.task, name=cfg.name,
@@ -159,10 +167,10 @@ def export(model, target: str, precision: str = "fp32", *, output: str | Path | 
             outputs=[{"name": n, "shape": s, "dtype": "float32"}
                      for n, s in ecfg.output_shapes(cfg.vision.get("output_dim")).items()],
             weights=weights, runtime={"backend": fmt.backend, "options": built.runtime_options},
-            build={"int8_mode": int8_mode if precision == "int8" else None, **built.info,
+            build={"int8_mode": r.int8_mode if precision == "int8" else None, **built.info,
                    **({"options": options} if options else {})},
             calibration=calibration.describe() if calibration is not None else None,
-            recipe=recipe,
+            recipe=r.recipe,
         )
         mf.write_manifest(staging, manifest)
         if not can_run:
@@ -174,7 +182,7 @@ def export(model, target: str, precision: str = "fp32", *, output: str | Path | 
             timings["total_s"] = round(time.time() - started, 1)
             manifest["timings"] = timings
             mf.write_manifest(staging, manifest)
-            mf.publish(staging, dest, overwrite=force)
+            mf.publish(staging, dest, overwrite=r.force)
             log(f"published unvalidated: {why_not}")
             return ExportResult(shown, manifest, None, time.time() - started)
         log(f"validating against PyTorch on {len(evaluation)} faces ({evaluation.source}), tolerance {tol_name}")
@@ -193,11 +201,11 @@ def export(model, target: str, precision: str = "fp32", *, output: str | Path | 
         if report.passed:
             manifest["status"] = "ok"
             mf.write_manifest(staging, manifest)
-            mf.publish(staging, dest, overwrite=force)
+            mf.publish(staging, dest, overwrite=r.force)
             return ExportResult(shown, manifest, report, time.time() - started)
         manifest["status"] = "failed"
         manifest["failure"] = report.failure
-        if keep_failed:
+        if r.keep_failed:
             mf.write_manifest(staging, manifest)
             mf.publish(staging, dest, overwrite=True)
         raise ParityError(report, f"{cfg.name} → {target} {precision}")

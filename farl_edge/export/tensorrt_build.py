@@ -32,7 +32,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from farl_edge.runtime.backends.tensorrt_backend import (FLAVOURS, EngineError, cuda_devices, normalize_cc,
                                                          read_engine, write_engine)
@@ -171,22 +171,59 @@ def user_cache_dir() -> Path:
     return Path(base) / "farl-edge" / "tensorrt"
 
 
-def build_engine(onnx_path: Path, engine_path: Path, *, flavour: Flavour, precision: str, header: dict,
-                 batch: int | None, max_batch: int = DEFAULT_MAX_BATCH, opt_batch: int | None = None,
-                 compute_capabilities: Sequence[str] | str | None = None, log_path: Path | None = None,
-                 timing_cache_path: Path | None = None, reuse_timing_cache: Path | None = None,
-                 optimization_level: int | None = None, workspace_mb: int | None = None,
-                 log_level: str = "INFO", log=print) -> dict:
-    """Parse ``onnx_path``, build, and write our engine container. Returns the build record.
+@dataclass(kw_only=True)
+class EngineBuild:
+    """One engine build: the single argument of :func:`build_engine`.
 
-    ``batch``: the static batch (the ONNX graph's), or None for a dynamic batch with the profile
+    The builder options are the formats table's (``Format.options`` of ``tensorrt`` /
+    ``tensorrt-rtx``: ``--compute-capability``, ``--max-batch``, ``--opt-batch``, ``--timing-cache``,
+    ``--builder-optimization-level``, ``--workspace-mb``), under the same names;
+    :meth:`from_options` takes them from an export's ``options``.
+    """
+
+    onnx_path: Path
+    engine_path: Path
+    flavour: Flavour
+    precision: str
+    header: dict  # the engine container's header (model, task, input size, ...); build facts are added
+    batch: int | None  # the ONNX graph's static batch, or None: dynamic, profile 1 / opt_batch / max_batch
+    # builder options (formats.TRT_OPTIONS)
+    compute_capability: Sequence[str] | str | None = None  # "sm86,sm89", a list, or None: the default
+    max_batch: int = DEFAULT_MAX_BATCH
+    opt_batch: int | None = None  # default min(8, max_batch)
+    timing_cache: Path | None = None  # timing cache file to seed the build from and update (tensorrt)
+    builder_optimization_level: int | None = None
+    workspace_mb: int | None = None
+    # where the build writes besides the engine
+    log_path: Path | None = None
+    timing_cache_copy: Path | None = None  # a copy of the updated timing cache (the artifact's)
+    log_level: str = "INFO"
+    log: Callable[[str], None] = print
+
+    @classmethod
+    def from_options(cls, options: dict, **fields) -> EngineBuild:
+        """The build of an export's builder options (unset ones keep their defaults) plus ``fields``."""
+        from farl_edge.export.formats import TRT_OPTIONS
+
+        given = {k: v for k, v in options.items() if k in TRT_OPTIONS and v is not None}
+        if "max_batch" in given:
+            given["max_batch"] = int(given["max_batch"] or DEFAULT_MAX_BATCH)
+        return cls(**{**given, **fields})
+
+
+def build_engine(build: EngineBuild) -> dict:
+    """Parse ``build.onnx_path``, build, and write our engine container. Returns the build record.
+
+    ``build.batch``: the static batch (the ONNX graph's), or None for a dynamic batch with the profile
     min 1 / opt ``opt_batch`` (default min(8, max)) / max ``max_batch``.
     """
+    b = build
+    flavour, precision, onnx_path = b.flavour, b.precision, Path(b.onnx_path)
     trt = flavour.trt
-    ccs, gpus = flavour.resolve_ccs(compute_capabilities, precision)
+    ccs, gpus = flavour.resolve_ccs(b.compute_capability, precision)
     lines: list[str] = [f"farl-edge TensorRT build: {flavour.name} {flavour.version}, precision {precision}, "
                         f"compute capabilities {', '.join(ccs)}, GPUs here: {', '.join(gpus) or 'none'}"]
-    logger = _logger(trt, lines, log_level)
+    logger = _logger(trt, lines, b.log_level)
     record: dict = {"flavour": flavour.name, "version": flavour.version, "compute_capabilities": ccs,
                     "gpus_here": gpus}
     try:
@@ -205,12 +242,12 @@ def build_engine(onnx_path: Path, engine_path: Path, *, flavour: Flavour, precis
                                          for i in range(network.num_outputs)}}
         config = builder.create_builder_config()
         record["settings"] = flavour.configure(config, precision, ccs)
-        if optimization_level is not None:
-            config.builder_optimization_level = int(optimization_level)
+        if b.builder_optimization_level is not None:
+            config.builder_optimization_level = int(b.builder_optimization_level)
         record["settings"]["builder_optimization_level"] = int(config.builder_optimization_level)
-        if workspace_mb:
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-            record["settings"]["workspace_mb"] = int(workspace_mb)
+        if b.workspace_mb:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(b.workspace_mb) << 20)
+            record["settings"]["workspace_mb"] = int(b.workspace_mb)
         if hasattr(trt, "ProfilingVerbosity"):
             config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
 
@@ -218,10 +255,10 @@ def build_engine(onnx_path: Path, engine_path: Path, *, flavour: Flavour, precis
         inp = network.get_input(0)
         shape = list(inp.shape)
         if shape[0] == -1:
-            if batch is not None:
+            if b.batch is not None:
                 raise ValueError("the ONNX graph has a dynamic batch but a static batch was asked")
-            max_batch = int(max_batch)
-            opt = int(opt_batch or min(8, max_batch))
+            max_batch = int(b.max_batch)
+            opt = int(b.opt_batch or min(8, max_batch))
             if not 1 <= opt <= max_batch:
                 raise ValueError(f"batch profile needs 1 <= opt ({opt}) <= max ({max_batch})")
             profile = builder.create_optimization_profile()
@@ -236,16 +273,16 @@ def build_engine(onnx_path: Path, engine_path: Path, *, flavour: Flavour, precis
         cache = None
         if flavour.timing_cache:
             seed = b""
-            if reuse_timing_cache is not None and Path(reuse_timing_cache).is_file():
-                seed = Path(reuse_timing_cache).read_bytes()
-                record["timing_cache_reused"] = str(reuse_timing_cache)
+            if b.timing_cache is not None and Path(b.timing_cache).is_file():
+                seed = Path(b.timing_cache).read_bytes()
+                record["timing_cache_reused"] = str(b.timing_cache)
             cache = config.create_timing_cache(seed)
             config.set_timing_cache(cache, False)
         else:
             record["timing_cache"] = f"not used: timing-cache calls are no-ops in {flavour.name}"
 
-        log(f"{flavour.name} {flavour.version}: building {precision} engine for {', '.join(ccs)} "
-            f"(batch {record['batch']})")
+        b.log(f"{flavour.name} {flavour.version}: building {precision} engine for {', '.join(ccs)} "
+              f"(batch {record['batch']})")
         t0 = time.perf_counter()
         serialized = builder.build_serialized_network(network, config)
         record["build_s"] = round(time.perf_counter() - t0, 2)
@@ -253,15 +290,15 @@ def build_engine(onnx_path: Path, engine_path: Path, *, flavour: Flavour, precis
             errors = [ln for ln in lines if "[ERROR]" in ln or "[INTERNAL_ERROR]" in ln]
             raise RuntimeError(f"{flavour.name} engine build failed: " + " | ".join(errors[-5:] or lines[-3:]))
         engine = bytes(serialized)
-        header = {**header, "flavour": flavour.name, "module": flavour.module, "version": flavour.version,
+        header = {**b.header, "flavour": flavour.name, "module": flavour.module, "version": flavour.version,
                   "compute_capabilities": ccs, "precision": precision, "batch": record["batch"],
                   "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                   "built_on": {"host": platform.node(), "gpus": gpus}}
-        record["header"] = write_engine(engine_path, engine, header)
+        record["header"] = write_engine(Path(b.engine_path), engine, header)
         record["engine_bytes"] = len(engine)
         if cache is not None:
             blob = bytes(config.get_timing_cache().serialize())
-            for path in (timing_cache_path, reuse_timing_cache):
+            for path in (b.timing_cache_copy, b.timing_cache):
                 if path is not None:
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
                     Path(path).write_bytes(blob)
@@ -269,8 +306,8 @@ def build_engine(onnx_path: Path, engine_path: Path, *, flavour: Flavour, precis
         lines.append(f"engine: {len(engine)} bytes, built in {record['build_s']} s")
         return record
     finally:
-        if log_path is not None:
-            Path(log_path).write_text("\n".join(lines) + "\n")
+        if b.log_path is not None:
+            Path(b.log_path).write_text("\n".join(lines) + "\n")
 
 
 class _OrtPredictor:
@@ -361,15 +398,13 @@ def _build(job, flavour_name: str):
               "input_name": job.export_cfg.input_name, "outputs": list(job.export_cfg.output_names),
               "graph_tool": info["prepared"]["tool"]}
     cache_key = f"{flavour.name}-{flavour.version}-{'_'.join(ccs)}.timing"
-    record = build_engine(
-        prepared, job.folder / ENGINE_FILE, flavour=flavour, precision=job.precision, header=header,
-        batch=job.export_cfg.batch, max_batch=int(opts.get("max_batch") or DEFAULT_MAX_BATCH),
-        opt_batch=opts.get("opt_batch"), compute_capabilities=ccs, log_path=job.folder / LOG_FILE,
-        timing_cache_path=job.folder / TIMING_CACHE_FILE if flavour.timing_cache else None,
-        reuse_timing_cache=(Path(opts["timing_cache"]) if opts.get("timing_cache")
-                            else user_cache_dir() / cache_key) if flavour.timing_cache else None,
-        optimization_level=opts.get("builder_optimization_level"), workspace_mb=opts.get("workspace_mb"),
-        log=job.log)
+    record = build_engine(EngineBuild.from_options(
+        opts, onnx_path=prepared, engine_path=job.folder / ENGINE_FILE, flavour=flavour, precision=job.precision,
+        header=header, batch=job.export_cfg.batch, compute_capability=ccs, log_path=job.folder / LOG_FILE,
+        timing_cache_copy=job.folder / TIMING_CACHE_FILE if flavour.timing_cache else None,
+        timing_cache=(Path(opts["timing_cache"]) if opts.get("timing_cache")
+                      else user_cache_dir() / cache_key) if flavour.timing_cache else None,
+        log=job.log))
     record.pop("header", None)
     info["engine"] = record
     expected = {job.export_cfg.input_name: job.export_cfg.input_shape(),
@@ -420,5 +455,5 @@ def inspect_engine(path: Path) -> dict:
     return {**header, "file_bytes": Path(path).stat().st_size}
 
 
-__all__ = ["Flavour", "FlavourUnavailable", "EngineError", "load_flavour", "build_engine", "build_tensorrt",
-           "build_tensorrt_rtx", "check_prepared_onnx", "inspect_engine"]
+__all__ = ["Flavour", "FlavourUnavailable", "EngineError", "EngineBuild", "load_flavour", "build_engine",
+           "build_tensorrt", "build_tensorrt_rtx", "check_prepared_onnx", "inspect_engine"]
