@@ -175,7 +175,8 @@ def main(argv=None) -> int:
         (out / "int8-study.json").write_text(json.dumps(results, indent=1))
     lines = [f"# OpenVINO INT8 study — {cfg.name}, batch 1, {args.threads} threads", "",
              f"`python benchmarks/openvino_int8_study.py {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
-             "| variant | median ms | p90 ms | cosine vs f32 (mean / min) | node time by compute precision (%) | top layer types (ms) |",
+             "| variant | median ms | p90 ms | cosine vs f32 (mean / min) | node time by compute precision (%) "
+             "| top layer types (ms) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in results:
         share = ", ".join(f"{k} {v}" for k, v in sorted(r["profile_share"].items(), key=lambda kv: -kv[1]))

@@ -3,9 +3,9 @@
 
 Models:
 - ``farl-b16-celebm-448`` (parsing) and ``farl-b16-300w-448`` (alignment), each beside its
-  ``-edge`` variant (light head, issue 9): the full FaRL-B/16 at 448 px with **random weights** (FaRL's fine-tuned weights are not redistributed with the
-  package): latency, memory, floor and parity (cosine, Δ against PyTorch fp32) are real, the task
-  metric itself is not;
+  ``-edge`` variant (light head): the full FaRL-B/16 at 448 px with **random weights** (FaRL's fine-tuned
+  weights are not redistributed with the package): latency, memory, floor and parity (cosine, Δ against
+  PyTorch fp32) are real, the task metric itself is not;
 - ``farl-small-300w``, ``farl-small-celebm`` and their ``-edge`` variants, with the trained weights
   shipped in ``farl_edge/data/weights/`` — only those whose weights are there (the others are
   listed as skipped in the index).

@@ -228,7 +228,8 @@ def _read_safetensors(path: Path, with_tensors: bool = True) -> tuple[dict, dict
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
     except Exception as exc:  # SafetensorError, OSError, ...
-        raise CheckpointError(f"{path}: cannot read the safetensors file, it may be truncated or corrupt ({_short(exc)})") from exc
+        raise CheckpointError(f"{path}: cannot read the safetensors file, it may be truncated or corrupt "
+                              f"({_short(exc)})") from exc
     return tensors, metadata
 
 

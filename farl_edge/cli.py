@@ -60,7 +60,8 @@ def cmd_models(args) -> int:
     rows = []
     for name in list_models(args.task):
         c = get_config(name)
-        out = f"{len(c.labels)} classes" if c.task == "parsing" else (f"{c.num_landmarks} points" if c.task == "alignment" else "embedding")
+        out = (f"{len(c.labels)} classes" if c.task == "parsing"
+               else f"{c.num_landmarks} points" if c.task == "alignment" else "embedding")
         weights = "shipped" if weights_path(c) else "-"
         rows.append((name, c.task, str(c.input_size), out, weights, c.description))
     if args.json:

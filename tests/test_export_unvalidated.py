@@ -5,7 +5,6 @@ check both builders use, the target-specific options, and ``--require-validation
 from __future__ import annotations
 
 import importlib.util
-import json
 import warnings
 
 import pytest

@@ -1,7 +1,8 @@
 """Fine-tune a FaRL parsing or alignment model.
 
     torchrun --nproc_per_node 1 train/finetune.py --config train/configs/small-300w.json
-    torchrun --nproc_per_node 8 train/finetune.py --config train/configs/b16-lapa-448.json --init FaRL-Base-Patch16-LAIONFace20M-ep16.pth
+    torchrun --nproc_per_node 8 train/finetune.py --config train/configs/b16-lapa-448.json \
+        --init FaRL-Base-Patch16-LAIONFace20M-ep16.pth
     torchrun --nproc_per_node 8 train/finetune.py --config train/configs/distill-b16-lapa-448-edge.json \
         --teacher-checkpoint face_parsing.farl.lapa.main_ema_136500_jit191.pt --trust-torchscript   # edge head
 

@@ -84,7 +84,8 @@ def _image_bytes(path: Path, max_side: int | None, Image) -> tuple[str, bytes, t
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", help="folder of face images, e.g. ../shared/data/celebamask-hq/train/images or ../shared/data/300w/train")
+    p.add_argument("images", help="folder of face images, e.g. ../shared/data/celebamask-hq/train/images "
+                                  "or ../shared/data/300w/train")
     p.add_argument("output", help="folder for the .tar shards")
     p.add_argument("--shards", type=int, default=4)
     p.add_argument("--per-shard", type=int, default=32)

@@ -105,7 +105,7 @@ def markdown(data: dict) -> str:
               f"- CPU: {cpu['model']} ({cpu['vendor']}), {cpu['physical_cores']} cores / {cpu['logical_cpus']} "
               f"logical, {cpu['mhz']:.0f} MHz ({cpu['mhz_source']})",
               f"- ISA flags: {' '.join(cpu['flags'])}",
-              *([f"- GPU: " + "; ".join(f"{g['name']} ({g['compute_capability']}, driver {g['driver']})"
+              *(["- GPU: " + "; ".join(f"{g['name']} ({g['compute_capability']}, driver {g['driver']})"
                                         for g in env["gpus"])] if env.get("gpus") else []),
               *([f"- PyTorch rows on: {s['device']}"] if s.get("device", "cpu") != "cpu" else []),
               f"- threads: {s['threads']} (cores in the floor: {env['cores_used']})",

@@ -280,7 +280,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         result = {"ok": True, **run(spec)}
-    except Exception as e:  # reported in the row, never silently dropped
+    except Exception as e:  # noqa: BLE001 - reported in the row, never silently dropped
         import traceback
 
         result = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500], "traceback": traceback.format_exc()[-4000:]}

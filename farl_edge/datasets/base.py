@@ -187,8 +187,8 @@ def finish(samples: list[FaceSample], problems: list[tuple[str, str]], strict: b
     if problems and strict:
         shown = "\n".join(f"  {p}: {m}" for p, m in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise DatasetError(f"{source}: {len(problems)} malformed or incomplete sample(s) "
-                           f"(to skip and report them: `farl-edge eval --skip-bad`, or strict=False in Python):\n{shown}{more}", problems)
+        raise DatasetError(f"{source}: {len(problems)} malformed or incomplete sample(s) (to skip and report "
+                           f"them: `farl-edge eval --skip-bad`, or strict=False in Python):\n{shown}{more}", problems)
     for p, m in problems:
         log.warning("%s: skipped %s: %s", source, p, m)
     return Samples(samples, problems, source)

@@ -160,7 +160,8 @@ def write_pretrain_shards(output: str | Path, *, lfw=None, ibug300w=None, celebm
                 for i, item in enumerate(items[start:start + per_shard], start=start):
                     image, caption = make_sample(item, max_side)
                     key = f"{i:07d}"
-                    meta = {"source": item.source, "file": item.image.name, "caption_generated_from_annotations": caption is not None}
+                    meta = {"source": item.source, "file": item.image.name,
+                            "caption_generated_from_annotations": caption is not None}
                     _add(tar, f"{key}.jpg", image)
                     if caption is not None:
                         _add(tar, f"{key}.txt", caption.encode())
