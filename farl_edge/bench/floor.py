@@ -1,0 +1,197 @@
+"""Measured floor: the time a model would take if every GEMM / attention matmul / convolution ran
+as fast as this CPU's kernels run that same shape alone.
+
+1. ``collect_op_shapes``: one forward under a dispatch mode records every matrix op with its
+   shape: ``gemm`` (``mm``/``addmm``: the ViT's qkv / proj / fc1 / fc2, 1×1 work), ``attention``
+   (``bmm``: q·kᵀ and attention·v), ``conv`` (``convolution``: the head).
+2. ``measure_throughput``: each distinct shape as a single-op OpenVINO graph, at the row's
+   precision (int8: FakeQuantize on both operands, which the CPU plugin runs in its int8 kernels;
+   bf16 / f32: the inference-precision hint), timed after warm-up; TMAC/s = MACs / median time.
+3. ``measured_floor_ms`` = Σ over shapes of calls × MACs ÷ that shape's throughput;
+   ``x_measured_floor`` = median_ms ÷ measured_floor_ms (1.0 = the model runs as fast as its own
+   ops do alone; the nominal ``floor_ms`` uses the ISA's peak instead).
+
+Ops outside the three classes (LayerNorm, softmax, GELU, resizes, ...) add no floor time: the
+floor says what the arithmetic costs at the speed the kernels reach.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+OP_CLASSES = ("gemm", "attention", "conv")
+# Row precision → precision the single-op graphs run at (fp16 IRs run on the CPU's f32/bf16 path).
+KERNEL_PRECISION = {"fp32": "f32", "fp16": "f32", "bf16": "bf16", "int8": "int8"}
+
+
+@dataclass(frozen=True)
+class OpShape:
+    op_class: str
+    dims: tuple  # gemm (M, K, N); attention (B, M, K, N); conv (N, Cin, H, W, Cout, kh, kw, sh, sw, ph, pw, groups)
+
+    @property
+    def macs(self) -> float:
+        d = self.dims
+        if self.op_class == "gemm":
+            return float(d[0] * d[1] * d[2])
+        if self.op_class == "attention":
+            return float(d[0] * d[1] * d[2] * d[3])
+        n, cin, h, w, cout, kh, kw, sh, sw, ph, pw, g = d
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        return float(n * cout * ho * wo * (cin // g) * kh * kw)
+
+
+def collect_op_shapes(model, input_size: int, batch: int = 1) -> dict[OpShape, int]:
+    """{shape: calls per forward} of the matrix ops in one forward of ``model``."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+    counts: dict[OpShape, int] = {}
+
+    def add(shape: OpShape) -> None:
+        counts[shape] = counts.get(shape, 0) + 1
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            packet = getattr(func, "overloadpacket", None)
+            if packet in (aten.mm, aten.addmm):
+                a, b = (args[0], args[1]) if packet is aten.mm else (args[1], args[2])
+                add(OpShape("gemm", (int(a.shape[0]), int(a.shape[1]), int(b.shape[1]))))
+            elif packet in (aten.bmm, aten.baddbmm):
+                a, b = (args[0], args[1]) if packet is aten.bmm else (args[1], args[2])
+                add(OpShape("attention", (int(a.shape[0]), int(a.shape[1]), int(a.shape[2]), int(b.shape[2]))))
+            elif packet is aten.convolution:
+                x, w = args[0], args[1]
+                stride, padding, groups = args[3], args[4], args[8]
+                add(OpShape("conv", (int(x.shape[0]), int(x.shape[1]), int(x.shape[2]), int(x.shape[3]),
+                                     int(w.shape[0]), int(w.shape[2]), int(w.shape[3]), int(stride[0]),
+                                     int(stride[1]), int(padding[0]), int(padding[1]), int(groups))))
+            return func(*args, **kwargs)
+
+    x = torch.rand(batch, 3, input_size, input_size)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), Recorder():
+        model(x)
+    model.train(was_training)
+    return counts
+
+
+def _single_op_model(shape: OpShape, precision: str):
+    """An OpenVINO model holding the one op (weights constant where the model's are)."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(0)
+
+    def c(v):
+        return ops.constant(np.array(v, np.float32))
+
+    def fq(node, weights: bool = False):
+        """What NNCF writes and the CPU plugin's low-precision pass turns into int8 kernels:
+        u8 activations (256 levels, zero point 0), symmetric i8 weights (255 levels)."""
+        if precision != "int8":
+            return node
+        if weights:
+            return ops.fake_quantize(node, c(-1.27), c(1.27), c(-1.27), c(1.27), 255)
+        return ops.fake_quantize(node, c(0.0), c(2.55), c(0.0), c(2.55), 256)
+
+    d = shape.dims
+    if shape.op_class == "gemm":
+        m, k, n = d
+        x = ops.parameter([m, k], ov.Type.f32, name="x")
+        w = ops.constant(rng.uniform(-1, 1, (n, k)).astype(np.float32))  # (out, in) as nn.Linear
+        out = ops.matmul(fq(x), fq(w, weights=True), False, True)
+        params = [x]
+    elif shape.op_class == "attention":
+        b, m, k, n = d
+        x = ops.parameter([b, m, k], ov.Type.f32, name="x")
+        y = ops.parameter([b, k, n], ov.Type.f32, name="y")
+        out = ops.matmul(fq(x), fq(y), False, False)
+        params = [x, y]
+    else:
+        nb, cin, h, w_, cout, kh, kw, sh, sw, ph, pw, g = d
+        x = ops.parameter([nb, cin, h, w_], ov.Type.f32, name="x")
+        if g == 1:
+            wt = ops.constant(rng.uniform(-1, 1, (cout, cin, kh, kw)).astype(np.float32))
+            out = ops.convolution(fq(x), fq(wt, weights=True), [sh, sw], [ph, pw], [ph, pw], [1, 1])
+        else:
+            wt = ops.constant(rng.uniform(-1, 1, (g, cout // g, cin // g, kh, kw)).astype(np.float32))
+            out = ops.group_convolution(fq(x), fq(wt, weights=True), [sh, sw], [ph, pw], [ph, pw], [1, 1])
+        params = [x]
+    return ov.Model([out], params, f"{shape.op_class}-{'x'.join(map(str, d))}")
+
+
+def measure_throughput(shape: OpShape, precision: str, threads: int, *, min_time_s: float = 0.3,
+                       max_iters: int = 200) -> float:
+    """TMAC/s the OpenVINO CPU kernels reach on ``shape`` alone at ``precision`` (f32 / bf16 / int8)."""
+    import numpy as np
+    import openvino as ov
+
+    core = ov.Core()
+    hint = {"int8": "f32", "f32": "f32", "bf16": "bf16"}[precision]  # int8 comes from the FakeQuantize
+    compiled = core.compile_model(_single_op_model(shape, precision), "CPU",
+                                  {"INFERENCE_NUM_THREADS": int(threads), "INFERENCE_PRECISION_HINT": hint,
+                                   "PERFORMANCE_HINT": "LATENCY"})
+    rng = np.random.default_rng(1)
+    inputs = [rng.uniform(0, 2.5, tuple(p.get_shape())).astype(np.float32) for p in compiled.inputs]
+    request = compiled.create_infer_request()
+    for _ in range(3):
+        request.infer(inputs)
+    times, start = [], time.perf_counter()
+    while len(times) < max_iters and (time.perf_counter() - start < min_time_s or len(times) < 5):
+        t0 = time.perf_counter()
+        request.infer(inputs)
+        times.append(time.perf_counter() - t0)
+    return shape.macs / statistics.median(times) / 1e12
+
+
+@dataclass
+class MeasuredFloor:
+    precision: str                      # kernel precision: f32, bf16, int8
+    ms: float                           # Σ calls × MACs / throughput
+    per_class_ms: dict[str, float]
+    kernel_throughput: dict[str, float]  # op class → TMAC/s (MAC-weighted over its shapes)
+    shapes: list[dict]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measured_floor(counts: dict[OpShape, int], precision: str,
+                   throughput: Callable[[OpShape, str], float]) -> MeasuredFloor:
+    """Floor of a model whose matrix ops are ``counts`` (from :func:`collect_op_shapes`)."""
+    kp = KERNEL_PRECISION.get(precision, precision)
+    per_class_ms = {c: 0.0 for c in OP_CLASSES}
+    class_macs = {c: 0.0 for c in OP_CLASSES}
+    shapes = []
+    for shape, calls in sorted(counts.items(), key=lambda kv: (kv[0].op_class, kv[0].dims)):
+        tmacs = float(throughput(shape, kp))
+        if not tmacs > 0:
+            raise ValueError(f"throughput of {shape} must be positive, got {tmacs}")
+        ms = calls * shape.macs / (tmacs * 1e12) * 1e3
+        per_class_ms[shape.op_class] += ms
+        class_macs[shape.op_class] += calls * shape.macs
+        shapes.append({"op_class": shape.op_class, "dims": list(shape.dims), "calls": calls,
+                       "gmacs": calls * shape.macs / 1e9, "tmacs": tmacs, "ms": ms})
+    kernel = {c: class_macs[c] / (per_class_ms[c] * 1e-3) / 1e12 for c in OP_CLASSES if per_class_ms[c] > 0}
+    return MeasuredFloor(kp, sum(per_class_ms.values()), {c: v for c, v in per_class_ms.items() if v > 0},
+                         kernel, shapes)
+
+
+class ThroughputCache:
+    """Measures each (shape, precision) once per bench run."""
+
+    def __init__(self, threads: int, measure=measure_throughput):
+        self.threads, self.measure, self.table = threads, measure, {}
+
+    def __call__(self, shape: OpShape, precision: str) -> float:
+        key = (shape, precision)
+        if key not in self.table:
+            self.table[key] = self.measure(shape, precision, self.threads)
+        return self.table[key]

@@ -1,0 +1,75 @@
+"""Measured floor: op shapes from a forward, single-op throughput, and the floor arithmetic."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from farl_edge.bench.floor import (KERNEL_PRECISION, OpShape, ThroughputCache, collect_op_shapes, measure_throughput,
+                                   measured_floor)
+
+
+class Tiny(nn.Module):
+    """One linear layer on 5 tokens, one attention product, one 3×3 conv: shapes known by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 16)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):  # x: (1, 3, 6, 6)
+        y = self.conv(x)                              # conv: 1·4·6·6·3·3·3 MACs
+        t = torch.rand(1, 5, 8)
+        h = self.fc(t)                                # gemm: 5×8×16
+        attn = h @ h.transpose(1, 2)                  # attention: 1×5×16×5
+        return y.sum() + attn.sum()
+
+
+def test_collect_op_shapes_of_a_tiny_model():
+    counts = collect_op_shapes(Tiny(), 6)
+    by_class = {s.op_class: (s, n) for s, n in counts.items()}
+    assert set(by_class) == {"gemm", "attention", "conv"}
+    assert by_class["gemm"][0].dims == (5, 8, 16) and by_class["gemm"][0].macs == 5 * 8 * 16
+    assert by_class["attention"][0].macs == 1 * 5 * 16 * 5
+    assert by_class["conv"][0].macs == 1 * 4 * 6 * 6 * 3 * 3 * 3
+    assert all(n == 1 for _, n in by_class.values())
+
+
+def test_floor_arithmetic_with_stubbed_throughput():
+    counts = {OpShape("gemm", (100, 100, 100)): 3, OpShape("conv", (1, 10, 10, 10, 20, 3, 3, 1, 1, 1, 1, 1)): 2}
+    rates = {"gemm": 2.0, "conv": 0.5}  # TMAC/s
+    f = measured_floor(counts, "int8", lambda shape, prec: rates[shape.op_class])
+    gemm_ms = 3 * 1e6 / 2e12 * 1e3
+    conv_ms = 2 * (20 * 10 * 10 * 10 * 9) / 0.5e12 * 1e3
+    assert f.precision == "int8"
+    assert f.per_class_ms == pytest.approx({"gemm": gemm_ms, "conv": conv_ms})
+    assert f.ms == pytest.approx(gemm_ms + conv_ms)
+    assert f.kernel_throughput == pytest.approx(rates)
+    d = f.to_dict()
+    assert set(d) == {"precision", "ms", "per_class_ms", "kernel_throughput", "shapes"} and len(d["shapes"]) == 2
+    with pytest.raises(ValueError, match="positive"):
+        measured_floor(counts, "fp32", lambda s, p: 0.0)
+
+
+def test_row_precisions_map_to_kernel_precisions():
+    seen = []
+    measured_floor({OpShape("gemm", (2, 2, 2)): 1}, "fp16", lambda s, p: seen.append(p) or 1.0)
+    assert seen == ["f32"] and KERNEL_PRECISION["bf16"] == "bf16" and KERNEL_PRECISION["int8"] == "int8"
+
+
+def test_throughput_cache_measures_each_shape_once():
+    calls = []
+    cache = ThroughputCache(2, measure=lambda s, p, t: calls.append((s, p, t)) or 1.0)
+    s = OpShape("gemm", (4, 4, 4))
+    assert cache(s, "int8") == cache(s, "int8") == 1.0
+    cache(s, "bf16")
+    assert calls == [(s, "int8", 2), (s, "bf16", 2)]
+
+
+@pytest.mark.parametrize("shape", [OpShape("gemm", (64, 64, 64)), OpShape("attention", (2, 16, 8, 16)),
+                                   OpShape("conv", (1, 8, 16, 16, 8, 3, 3, 1, 1, 1, 1, 1))], ids=lambda s: s.op_class)
+def test_single_op_graphs_run_at_each_precision(shape):
+    """Real OpenVINO single-op graphs (small shapes, fast): positive, finite throughput."""
+    for precision in ("f32", "bf16", "int8"):
+        tmacs = measure_throughput(shape, precision, threads=1, min_time_s=0.02, max_iters=10)
+        assert 0 < tmacs < 100, (precision, tmacs)
