@@ -12,14 +12,12 @@ fp32 4.150):
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from farl_edge.utils import quiet
 
 
 class FaceCalibrationReader:
@@ -39,18 +37,6 @@ class FaceCalibrationReader:
 
     def __len__(self) -> int:
         return len(self._batches)
-
-
-@contextlib.contextmanager
-def _quiet():
-    level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.getLogger().setLevel(level)
 
 
 def count_qdq(path_or_model) -> dict:
@@ -98,7 +84,7 @@ def output_layers(model) -> list[str]:
     return sorted(found)
 
 
-def _ensure_node_names(model) -> None:
+def ensure_node_names(model) -> None:
     for i, node in enumerate(model.graph.node):
         if not node.name:
             node.name = f"{node.op_type}_{i}"
@@ -122,10 +108,10 @@ def quantize_static_qdq(src: Path, dst: Path, batches: Iterable[np.ndarray], inp
     single = workdir / (src.stem + ".single.onnx")
     save_onnx(onnx.load(str(src)), single)  # quant_pre_process cannot follow external data
     pre = workdir / (src.stem + ".preprocessed.onnx")
-    with _quiet():
+    with quiet():
         quant_pre_process(str(single), str(pre), skip_optimization=False, skip_symbolic_shape=True)
         model = onnx.load(str(pre))
-        _ensure_node_names(model)
+        ensure_node_names(model)
         onnx.save(model, str(pre))
         excluded = output_tail(model)
         quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ, nodes_to_exclude=excluded,
@@ -144,11 +130,11 @@ def quantize_dynamic_int8(src: Path, dst: Path, op_types: Sequence[str] = ("MatM
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(src))
-    _ensure_node_names(model)
+    ensure_node_names(model)
     staged = dst.with_name(dst.stem + ".named.onnx")
     onnx.save(model, str(staged))
     excluded = output_tail(model)
-    with _quiet():
+    with quiet():
         quantize_dynamic(str(staged), str(dst), op_types_to_quantize=list(op_types), per_channel=False,
                          weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
     staged.unlink()

@@ -4,34 +4,18 @@ Measured on farl-small-300w (openvino 2026.4): see ``CONVERT_FROM`` below.
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from farl_edge.export.formats import BuildJob, BuildResult
+from farl_edge.utils import quiet
 
 # Conversion route, chosen by measurement (farl-small-300w, batch 1, f32 hint, 2 shared cores):
 # from the dynamo ONNX file: 542 ops, 24 s (export included), max |Δ| 5e-5 px landmarks / 1.5e-7 heatmaps;
 # from the PyTorch module (ov.convert_model traces it): 1472 ops, 29 s, max |Δ| 7e-5 px / 1.8e-7.
 # Both exact; the ONNX route gives a 2.7x smaller graph and is no slower.
 CONVERT_FROM = "onnx"
-
-
-@contextlib.contextmanager
-def _quiet():
-    nncf_log = logging.getLogger("nncf")
-    level = nncf_log.level
-    nncf_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        nncf_log.setLevel(level)
 
 
 def _name_io(ov_model, export_cfg) -> None:
@@ -55,7 +39,7 @@ def torch2openvino(model, export_cfg):
 
     s = export_cfg.input_size
     example = torch.rand(2, 3, s, s, generator=torch.Generator().manual_seed(0))
-    with _quiet(), torch.no_grad():
+    with quiet("nncf"), torch.no_grad():
         ov_model = ov.convert_model(model, example_input=example, input=[(-1, 3, s, s)])
     _name_io(ov_model, export_cfg)
     _pin_batch(ov_model, export_cfg)
@@ -66,7 +50,7 @@ def onnx2openvino(onnx_path: Path, export_cfg):
     """ov.convert_model from a plain (un-fused, standard-domain) ONNX file."""
     import openvino as ov
 
-    with _quiet():
+    with quiet("nncf"):
         ov_model = ov.convert_model(str(onnx_path))
     _name_io(ov_model, export_cfg)
     _pin_batch(ov_model, export_cfg)
@@ -148,7 +132,7 @@ def quantize_nncf(ov_model, calibration, cfg, export_cfg, *, max_drop: float | N
     info = {"tool": "nncf", "version": nncf.__version__, "model_type": "TRANSFORMER", "preset": "MIXED",
             "activation_ranges": "histogram", "calibration_batches": len(data), "ignored": tail,
             "float_op_types": float_types}
-    with _quiet():
+    with quiet("nncf"):
         if max_drop is None:
             q = nncf.quantize(ov_model, calib, model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
                               subset_size=len(data) * batch, ignored_scope=ignored, advanced_parameters=advanced)

@@ -28,7 +28,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import onnx
 
-from farl_edge.export.onnxruntime_quant import FaceCalibrationReader, _ensure_node_names, _quiet, output_layers, output_tail
+from farl_edge.export.onnxruntime_quant import FaceCalibrationReader, ensure_node_names, output_layers, output_tail
+from farl_edge.utils import package_version, quiet
 
 # Activation ranges: the 99.999th percentile of |x| over the calibration faces. Symmetric int8
 # (TensorRT takes zero-point 0 only) spends its range on rare outliers under MinMax: measured on
@@ -83,7 +84,7 @@ def prepare_fp16(src: Path, dst: Path, *, use_modelopt: bool | None = None) -> d
 
     from farl_edge.export.onnx_export import ORT_FP16_BLOCK, _topological_sort, onnx2fp16, save_onnx
 
-    with _quiet():
+    with quiet():
         onnx2fp16(src, dst, block=ORT_FP16_BLOCK)
     # The converter appends its I/O Casts at the end of the node list: ONNX wants topological order.
     # Its value_info keeps stale fp32 types for tensors that became fp16: drop them (re-inferred).
@@ -101,13 +102,13 @@ def _modelopt_fp16(src: Path, dst: Path) -> dict:  # pragma: no cover - GPU buil
 
     from farl_edge.export.onnx_export import save_onnx
 
-    with _quiet():
+    with quiet():
         model = convert_to_mixed_precision(onnx_path=str(src), low_precision_type="fp16", keep_io_types=True,
                                            op_types_to_exclude=["LayerNormalization", "Softmax"])
     if isinstance(model, (str, Path)):
         model = onnx.load(str(model))
     save_onnx(model, dst)
-    return {"tool": f"modelopt.onnx.autocast {_version('nvidia-modelopt')}", "keep_io_types": True,
+    return {"tool": f"modelopt.onnx.autocast {package_version('nvidia-modelopt', '?')}", "keep_io_types": True,
             "fp32_op_types": ["LayerNormalization", "Softmax"], **graph_summary(dst)}
 
 
@@ -125,11 +126,11 @@ def prepare_int8(src: Path, dst: Path, batches: Iterable[np.ndarray], input_name
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = (workdir or dst.parent) / (Path(src).stem + ".qpre.onnx")
-    with _quiet():
+    with quiet():
         quant_pre_process(str(src), str(pre), skip_optimization=True, skip_symbolic_shape=True)
         # Decoders after a graph output (soft-argmax) stay float, as for the ONNX Runtime target.
         model = onnx.load(str(pre))
-        _ensure_node_names(model)
+        ensure_node_names(model)
         onnx.save(model, str(pre))
         excluded = output_tail(model) + output_layers(model)
         quantize_static(str(pre), str(dst), FaceCalibrationReader(batches, input_name), quant_format=QuantFormat.QDQ,
@@ -143,7 +144,7 @@ def prepare_int8(src: Path, dst: Path, batches: Iterable[np.ndarray], input_name
     summary = graph_summary(dst)
     if not summary["QuantizeLinear"] or not summary["DequantizeLinear"]:
         raise RuntimeError(f"int8 preparation produced no Q/DQ nodes (op types {list(op_types)})")
-    return {"tool": f"onnxruntime.quantization.quantize_static {_version('onnxruntime')} (ModelOpt not installed)",
+    return {"tool": f"onnxruntime.quantization.quantize_static {package_version('onnxruntime', '?')} (ModelOpt not installed)",
             "format": "QDQ", "activations": f"int8 symmetric (percentile {CALIB_PERCENTILE})",
             "weights": "int8 symmetric per-channel", "biases": "float (not quantised)",
             "float_layers": "graph decoders after an output and the output projection",
@@ -154,22 +155,13 @@ def _modelopt_int8(src, dst, batches, input_name, op_types) -> dict:  # pragma: 
     from modelopt.onnx.quantization import quantize
 
     data = np.concatenate(batches)
-    with _quiet():
+    with quiet():
         quantize(onnx_path=str(src), quantize_mode="int8", calibration_data={input_name: data},
                  calibration_method="max", op_types_to_quantize=list(op_types), output_path=str(dst))
     summary = graph_summary(dst)
-    return {"tool": f"modelopt.onnx.quantization {_version('nvidia-modelopt')}", "format": "QDQ",
+    return {"tool": f"modelopt.onnx.quantization {package_version('nvidia-modelopt', '?')}", "format": "QDQ",
             "activations": "int8 (max calibration)", "weights": "int8 per-channel", "op_types": list(op_types),
             "calibration_batches": len(batches), **summary}
-
-
-def _version(dist: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "?"
 
 
 def prepare(precision: str, src: Path, dst: Path, *, batches: Iterable[np.ndarray] | None = None,
