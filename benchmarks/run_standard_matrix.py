@@ -99,7 +99,7 @@ def _fmt(v, spec):
     return "–" if v is None else spec.format(v)
 
 
-# The speed targets of the benchmark issue: best exported row ≥ 30× PyTorch eager fp32 (≤ 2× the
+# The speed targets of the benchmark: best exported row ≥ 30× PyTorch eager fp32 (≤ 2× the
 # int8 floor) within these accuracy limits; INT8 ≥ 1.5× bf16 on the backbone.
 TARGET_X_TORCH = 30.0
 DELTA_LIMIT = {"parsing": 0.5, "alignment": 0.1}  # |Δf1_mean|, |Δnme_io| (trained weights)

@@ -17,7 +17,7 @@ from farl_edge.errors import UserError
 from farl_edge.metrics import AlignmentMeter, ConfusionHistogram
 from farl_edge.registry import ModelConfig
 
-# CED threshold per landmark convention: 300-W at 0.08 (the AUC@0.08), WFLW 0.1, AFLW-19 0.07.
+# CED threshold per landmark convention: 300-W at 0.08 (AUC@0.08, as FaRL reports it), WFLW 0.1, AFLW-19 0.07.
 AUC_THRESHOLDS = {"300w": 0.08, "wflw": 0.10, "aflw19": 0.07}
 
 

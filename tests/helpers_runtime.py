@@ -40,6 +40,48 @@ class StubPredictor:
         return {"embedding": batch.mean(axis=(2, 3))}
 
 
+class OrtStubPredictor(StubPredictor):
+    """StubPredictor's alignment outputs computed by an ONNX Runtime session (the runtime's own
+    onnxruntime backend) running a tiny ONNX graph, so a loop under test runs real ORT inference."""
+
+    def __init__(self, folder: Path, name: str = "farl-small-300w"):
+        import onnx
+        from onnx import TensorProto, helper
+
+        from farl_edge.runtime.backends.onnxruntime_backend import OrtRunner
+
+        super().__init__(name)
+        assert self.config.task == "alignment"
+        s, k = self.config.input_size, self.config.num_landmarks
+        t = np.linspace(0.3, 0.7, k, dtype=np.float32)
+        base = (np.stack([t, t[::-1]], -1)[None] * s).astype(np.float32)  # (1, K, 2)
+        consts = [helper.make_tensor("base", TensorProto.FLOAT, base.shape, base.ravel()),
+                  helper.make_tensor("zeros", TensorProto.FLOAT, (1, k, 1, 1), np.zeros(k, np.float32)),
+                  helper.make_tensor("axes", TensorProto.INT64, (3,), [1, 2, 3]),
+                  helper.make_tensor("last", TensorProto.INT64, (1,), [3])]
+        nodes = [helper.make_node("ReduceMean", ["image", "axes"], ["mean4"], keepdims=1),  # (B, 1, 1, 1)
+                 helper.make_node("Squeeze", ["mean4", "last"], ["mean3"]),  # (B, 1, 1)
+                 helper.make_node("Add", ["base", "mean3"], ["landmarks"]),  # (B, K, 2)
+                 helper.make_node("Mul", ["mean4", "zeros"], ["heatmaps"])]  # (B, K, 1, 1)
+        graph = helper.make_graph(
+            nodes, "stub", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, s, s])],
+            [helper.make_tensor_value_info("landmarks", TensorProto.FLOAT, ["batch", k, 2]),
+             helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["batch", k, 1, 1])], consts)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = 8
+        onnx.checker.check_model(model)
+        path = Path(folder) / "stub.onnx"
+        onnx.save(model, str(path))
+        self.runner = OrtRunner(path, threads=1)
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        s = self.config.input_size
+        assert batch.dtype == np.float32 and batch.shape[1:] == (3, s, s), batch.shape
+        self.calls += 1
+        self.faces += batch.shape[0]
+        return self.runner.run(batch)
+
+
 def helen_files() -> list[Path]:
     return sorted(HELEN.glob("*.jpg")) if HELEN.is_dir() else []
 

@@ -43,9 +43,8 @@ def test_package_data_is_complete():
     meta = json.loads((folder / f"{DETECTOR_NAME}.json").read_text())
     assert meta["model_file"] == onnx_file.name
     assert set(meta["calibration"]) == {"five_point_offsets", "box_from_detector", "points_in_box", "box_in_template"}
-    # the conversion was checked against TFLite's own interpreter when it was made
-    tfl = meta["verification"]["pytorch_vs_tflite"]
-    assert tfl["max_abs_scores"] < 1e-4 and tfl["max_abs_box_px_at_score_gt_0.5"] < 1e-3
+    # (meta["verification"] records the PyTorch-vs-TFLite check made at conversion time; the test
+    # below recomputes PyTorch vs the shipped ONNX instead of reading numbers back from the file)
 
 
 def test_pyproject_ships_the_detector():

@@ -96,10 +96,6 @@ class FaceSample:
             bits.append(f"mask_parts={len(self.mask_parts)}")
         return f"FaceSample({', '.join(bits)})"
 
-    @property
-    def has_mask(self) -> bool:
-        return self.mask_path is not None or self.mask_parts is not None
-
     def load_image(self) -> np.ndarray:
         """RGB uint8 (H, W, 3). Raises DatasetError naming the path when unreadable."""
         img = _imread_any(Path(self.image_path), cv2.IMREAD_COLOR)

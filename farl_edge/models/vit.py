@@ -21,7 +21,7 @@ class QuickGELU(nn.Module):
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 (CLIP does the same) so fp16/bf16 runs stay stable."""
+    """LayerNorm computed in fp32 for fp16 inputs (as CLIP does), cast back; other dtypes as they are."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.float()).to(x.dtype) if x.dtype == torch.float16 else super().forward(x)

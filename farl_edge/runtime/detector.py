@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -49,8 +48,8 @@ import numpy as np
 
 from farl_edge import geometry
 
-__all__ = ["Detection", "FaceDetector", "DEFAULT_META", "KEYPOINT_NAMES", "detector_dir", "default_detector",
-           "letterbox", "weighted_nms", "box_iou", "five_points_from_keypoints", "face_box_from_detection",
+__all__ = ["Detection", "FaceDetector", "DEFAULT_META", "KEYPOINT_NAMES", "detector_dir", "letterbox",
+           "weighted_nms", "box_iou", "five_points_from_keypoints", "face_box_from_detection",
            "five_points_in_box", "box_from_five_points", "fit_calibration"]
 
 DETECTOR_NAME = "blazeface_short_range"
@@ -294,12 +293,6 @@ class FaceDetector:
                                  five_points=five_points_from_keypoints(kp_frame, self.calibration),
                                  face_box=face_box_from_detection(fbox, self.calibration)))
         return out
-
-
-@lru_cache(maxsize=4)
-def default_detector(threads: int = 1) -> FaceDetector:
-    """The shipped detector (one shared instance per thread count)."""
-    return FaceDetector(threads=threads)
 
 
 # ----------------------------------------------------------------------------- calibration (maintainers)

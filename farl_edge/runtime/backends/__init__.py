@@ -2,8 +2,8 @@
 
 A backend module defines ``NAME``, ``available() -> (bool, reason)`` and
 ``open(model_path, manifest, **options) -> runner`` where ``runner.run(batch) -> {name: array}``
-(and ``runner.info``, a dict describing how it was configured). New backends (TensorRT, Core ML)
-call :func:`register_backend` or add a line to ``BACKENDS``.
+(and ``runner.info``, a dict describing how it was configured). Another backend is one more line
+in ``BACKENDS``, or a :func:`register_backend` call from outside the package.
 """
 from __future__ import annotations
 
