@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from farl_edge.export.formats import BuildJob, BuildResult
-from farl_edge.utils import quiet
+from farl_edge.utils import quiet, run_fixed_batch
 
 # Conversion route, chosen by measurement (farl-small-300w, batch 1, f32 hint, 2 shared cores):
 # from the dynamo ONNX file: 542 ops, 24 s (export included), max |Δ| 5e-5 px landmarks / 1.5e-7 heatmaps;
@@ -159,18 +159,12 @@ def _validation_fn(cfg, export_cfg):
         def __init__(self, compiled):
             self.compiled, self.config = compiled, cfg
 
+        def run(self, batch):
+            r = self.compiled(batch)
+            return {name: np.asarray(r[o]) for name, o in zip(export_cfg.output_names, self.compiled.outputs)}
+
         def __call__(self, batch):
-            fixed = export_cfg.batch
-            outs = []
-            step = fixed or len(batch)
-            for start in range(0, len(batch), step):
-                chunk = batch[start:start + step]
-                m = len(chunk)
-                if fixed and m < fixed:
-                    chunk = np.concatenate([chunk, np.zeros((fixed - m, *chunk.shape[1:]), np.float32)])
-                r = self.compiled(chunk)
-                outs.append({name: np.asarray(r[o])[:m] for name, o in zip(export_cfg.output_names, self.compiled.outputs)})
-            return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+            return run_fixed_batch(self.run, batch, export_cfg.batch or len(batch))
 
     metric = "f1_mean" if cfg.task == "parsing" else "nme_io"
 
