@@ -12,6 +12,9 @@ Usage::
 
     python benchmarks/openvino_profile.py ART_DIR[:f32|bf16|default] ... [--iters 5] [--threads 2]
         [--config KEY=VALUE ...] [--json out.json] [--md out.md]
+
+``--md`` writes the whole report: the command, the heaviest node (ms, share, and for a convolution
+its GMACs, TMAC/s and share of this CPU's peak) and every table; nothing in it is written by hand.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import argparse
 import collections
 import json
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -68,12 +72,74 @@ def profile(artifact: Path, precision: str, iters: int, threads: int, extra: dic
             by_prec[kernel_precision(p.exec_type)] += ms / iters
             per_node[(p.node_name, p.node_type, p.exec_type)] += ms / iters
     used = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    graph = core.read_model(str(artifact / manifest["model_file"]))
+    graph.reshape(shape)  # static shapes, as profiled
+    macs = node_macs(graph)
+    top = [{"node": n, "type": t, "kernel": k, "ms": v, "gmacs": macs[n] / 1e9 if n in macs else None}
+           for (n, t, k), v in per_node.most_common(15)]
     return {"artifact": artifact.name, "precision_hint": precision, "precision_used": used, "config": {
         k: str(v) for k, v in config.items()}, "wall_ms_median": float(np.median(walls)),
         "profiled_ms": sum(by_type.values()), "by_type": dict(by_type.most_common()),
         "by_precision": dict(by_prec.most_common()),
         "by_kernel": [{"type": t, "kernel": k, "ms": v} for (t, k), v in by_kernel.most_common()],
-        "top_nodes": [{"node": n, "type": t, "kernel": k, "ms": v} for (n, t, k), v in per_node.most_common(15)]}
+        "threads": threads, "top_nodes": top}
+
+
+def node_macs(model) -> dict[str, int]:
+    """Multiply-accumulates per (Group)Convolution node of an OpenVINO model, by friendly name:
+    output elements × input channels per group × kernel area (batch included)."""
+    out = {}
+    for op in model.get_ops():
+        kind = op.get_type_name()
+        if kind not in ("Convolution", "GroupConvolution"):
+            continue
+        shape_out, shape_w = op.get_output_partial_shape(0), op.input_value(1).get_partial_shape()
+        if shape_out.is_dynamic or shape_w.is_dynamic:
+            continue
+        w = [int(d) for d in shape_w.to_shape()]
+        per_output = int(np.prod(w[2:] if kind == "GroupConvolution" else w[1:]))  # (G,) O/G, I/G, k.. | O, I, k..
+        out[op.get_friendly_name()] = int(np.prod([int(d) for d in shape_out.to_shape()])) * per_output
+    return out
+
+
+def heaviest_node(results: list[dict]) -> list[str]:
+    """The node that costs most in the first result, in every result: ms, share of node time and, for a
+    convolution, GMACs, the rate reached and that rate as a share of the CPU's peak for its kernel's
+    precision (farl_edge.bench.hardware: MACs/cycle/core × threads × MHz)."""
+    if not results or not results[0]["top_nodes"]:
+        return []
+    from farl_edge.bench.hardware import cores_used, detect_cpu, peak_macs_per_cycle
+
+    cpu = detect_cpu()
+    name = results[0]["top_nodes"][0]["node"]
+    lines = [f"Heaviest node: {name}"]
+    for r in results:
+        n = next((n for n in r["top_nodes"] if n["node"] == name), None)
+        if n is None:
+            lines.append(f"- {r['artifact']} (hint {r['precision_hint']}): not among its top nodes")
+            continue
+        text = (f"- {r['artifact']} (hint {r['precision_hint']}): {n['ms']:.1f} ms, "
+                f"{100 * n['ms'] / (r['profiled_ms'] or 1):.0f} % of node time, {n['kernel']}")
+        precision = kernel_precision(n["kernel"])
+        if n.get("gmacs") and precision in ("int8", "bf16", "fp16", "fp32"):
+            rate = n["gmacs"] / n["ms"]  # GMACs per ms = TMAC/s
+            per_cycle, isa = peak_macs_per_cycle(cpu.flags, precision)
+            cores = cores_used(cpu, r.get("threads", 1))
+            peak = per_cycle * cores * cpu.mhz * 1e6 / 1e12
+            text += (f"; {n['gmacs']:.3g} GMACs → {rate:.2f} TMAC/s = {100 * rate / peak:.0f} % of the "
+                     f"{precision} peak ({isa}, {cores} core(s) at {cpu.mhz:.0f} MHz)")
+        lines.append(text)
+    return lines + [""]
+
+
+def document(results: list[dict], command: str) -> str:
+    """The whole report: what ran (the command, portable paths), the heaviest node, every table."""
+    from farl_edge.bench.report import portable_text
+
+    names = ", ".join(f"{r['artifact']} (hint {r['precision_hint']})" for r in results)
+    return "\n".join([f"# OpenVINO per-op profile: {names}", "",
+                      f"Command: `{portable_text(command)}` ({time.strftime('%Y-%m-%d')}); every number "
+                      "below is this command's output.", "", *heaviest_node(results), markdown(results)])
 
 
 def markdown(results: list[dict]) -> str:
@@ -117,7 +183,8 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     if args.md:
-        Path(args.md).write_text(markdown(results))
+        command = "python benchmarks/openvino_profile.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        Path(args.md).write_text(document(results, command))
     return 0
 
 
