@@ -133,7 +133,7 @@ def open_faces(path: str | Path, count: int | None, *, purpose: str = "calibrati
         return FaceSet(chosen, str(path), f"annotated:{fmt}", len(samples), files)
     if not allow_unannotated:
         raise UserError(f"{purpose} folder {path} is not an annotated data set (300w / wflw / aflw19 / lapa / "
-                         f"celebamask-hq layout)")
+                        f"celebamask-hq layout)")
     images = _image_files(path)
     if not images:
         raise UserError(f"{purpose} folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -146,7 +146,7 @@ def calibration_set(cfg: ModelConfig, calib: str | Path | None, count: int) -> F
     path = Path(calib) if calib else shared_data_dir(cfg.task, "calib")
     if path is None:
         raise UserError(f"no calibration faces found: pass --calib DIR (face images or an annotated data set), "
-                         f"or {_default_hint(DEFAULT_CALIB, cfg.task)}")
+                        f"or {_default_hint(DEFAULT_CALIB, cfg.task)}")
     return open_faces(path, count, purpose="calibration")
 
 
@@ -159,5 +159,5 @@ def evaluation_set(cfg: ModelConfig, data: str | Path | None, count: int) -> Fac
             if path is not None:
                 return open_faces(path, count, purpose="evaluation")
         raise UserError(f"no evaluation faces found for validation: pass --eval-data DIR (an annotated data "
-                         f"set), or {_default_hint(DEFAULT_EVAL, cfg.task)}")
+                        f"set), or {_default_hint(DEFAULT_EVAL, cfg.task)}")
     return open_faces(path, count, purpose="evaluation", allow_unannotated=cfg.task == "backbone")

@@ -75,7 +75,7 @@ def check_replaceable(dest: Path, force: bool) -> None:
         raise UserError(f"{dest} exists; pass --force to replace it (only a farl-edge artifact is replaced)")
     if not is_artifact(dest):
         raise UserError(f"{dest} exists and is not a farl-edge artifact (no farl-edge {MANIFEST_NAME}); "
-                         f"--force replaces artifacts only: choose another --output")
+                        f"--force replaces artifacts only: choose another --output")
     resolved, cwd = dest.resolve(), Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
         raise UserError(f"{dest} is the current folder (or holds it); run from elsewhere or choose another --output")

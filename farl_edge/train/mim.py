@@ -244,12 +244,12 @@ class TokenTarget:
         if out.is_floating_point():
             if out.ndim != 4:
                 raise UserError(f"MIM tokenizer {self.spec!r} returned float output of shape {tuple(out.shape)};"
-                                 " expected ids (B, N) or logits (B, V, h, w)")
+                                " expected ids (B, N) or logits (B, V, h, w)")
             out = out.argmax(dim=1)
         ids = out.reshape(out.shape[0], -1).long()
         if ids.shape != (images.shape[0], num_patches):
             raise UserError(f"MIM tokenizer {self.spec!r} gave {tuple(ids.shape[1:])} tokens per image;"
-                             f" the model has {num_patches} patches")
+                            f" the model has {num_patches} patches")
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
             raise UserError(f"MIM tokenizer {self.spec!r} gave ids outside [0, {self.vocab_size})")
         return ids

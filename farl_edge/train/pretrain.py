@@ -137,8 +137,8 @@ def check_shards(shards) -> None:
     missing = [u for u in local if not Path(u).is_file()]
     if missing:
         raise UserError(f"{len(missing)} of {len(urls)} shard files do not exist, e.g. {missing[0]}; "
-                         f"check --shards (brace notation: 'dir/{{000000..000009}}.tar'; "
-                         f"make shards with train/make_pretrain_shards.py)")
+                        f"check --shards (brace notation: 'dir/{{000000..000009}}.tar'; "
+                        f"make shards with train/make_pretrain_shards.py)")
 
 
 class PretrainNet(nn.Module):

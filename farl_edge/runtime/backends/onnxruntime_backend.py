@@ -27,7 +27,7 @@ class OrtRunner:
 
         if unused:
             raise UserError(f"unknown onnxruntime options {sorted(unused)}; known: threads, optimization_level, "
-                             f"providers, inter_op_threads")
+                            f"providers, inter_op_threads")
         if optimization_level not in LEVELS:
             raise UserError(f"optimization_level must be one of {list(LEVELS)}, not {optimization_level!r}")
         so = ort.SessionOptions()

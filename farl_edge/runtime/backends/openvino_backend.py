@@ -43,14 +43,14 @@ class OpenVinoRunner:
 
         if unused:
             raise UserError(f"unknown openvino options {sorted(unused)}; known: device, threads, "
-                             f"inference_precision, performance_hint")
+                            f"inference_precision, performance_hint")
         config = {"PERFORMANCE_HINT": performance_hint}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if inference_precision and inference_precision != "default":
             if inference_precision not in PRECISIONS:
                 raise UserError(f"inference_precision must be one of {sorted(PRECISIONS)} or 'default', "
-                                 f"not {inference_precision!r}")
+                                f"not {inference_precision!r}")
             config["INFERENCE_PRECISION_HINT"] = PRECISIONS[inference_precision]
         core = ov.Core()
         self.compiled = core.compile_model(str(model_path), device, config)
