@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from farl_edge.errors import UserError
+from farl_edge.fileio import publish_modes
 from farl_edge.train.captions import caption_from_landmarks, caption_from_mask
 from farl_edge.utils import IMAGE_SUFFIXES
 
@@ -182,10 +183,7 @@ def write_pretrain_shards(output: str | Path, *, lfw=None, ibug300w=None, celebm
             "pattern": f"{{000000..{len(shards) - 1:06d}}}.tar",
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        mode = 0o777 & ~_umask()
-        os.chmod(tmp, mode)
-        for f in tmp.iterdir():
-            os.chmod(f, mode & 0o666)
+        publish_modes(tmp)  # mkdtemp made it 0700: the modes a plain mkdir / open would give
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -193,9 +191,3 @@ def write_pretrain_shards(output: str | Path, *, lfw=None, ibug300w=None, celebm
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
