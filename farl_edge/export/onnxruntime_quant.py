@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from farl_edge.export.config import INT8_OP_TYPES
 from farl_edge.utils import quiet
 
 
@@ -91,7 +92,7 @@ def ensure_node_names(model) -> None:
 
 
 def quantize_static_qdq(src: Path, dst: Path, batches: Iterable[np.ndarray], input_name: str,
-                        op_types: Sequence[str] | None = ("MatMul", "Conv"), per_channel: bool = True,
+                        op_types: Sequence[str] | None = INT8_OP_TYPES, per_channel: bool = True,
                         workdir: Path | None = None) -> dict:
     """Static INT8, QDQ format: uint8 asymmetric activations, int8 symmetric per-channel weights."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static

@@ -28,6 +28,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import onnx
 
+from farl_edge.export.config import INT8_OP_TYPES
 from farl_edge.export.onnxruntime_quant import FaceCalibrationReader, ensure_node_names, output_layers, output_tail
 from farl_edge.utils import package_version, quiet
 
@@ -113,7 +114,7 @@ def _modelopt_fp16(src: Path, dst: Path) -> dict:  # pragma: no cover - GPU buil
 
 
 def prepare_int8(src: Path, dst: Path, batches: Iterable[np.ndarray], input_name: str, *,
-                 op_types: Sequence[str] = ("MatMul", "Conv", "ConvTranspose"), use_modelopt: bool | None = None,
+                 op_types: Sequence[str] = INT8_OP_TYPES, use_modelopt: bool | None = None,
                  workdir: Path | None = None) -> dict:
     """Explicit Q/DQ int8 graph (symmetric int8, per-channel weights) calibrated on ``batches``."""
     batches = list(batches)
@@ -165,7 +166,7 @@ def _modelopt_int8(src, dst, batches, input_name, op_types) -> dict:  # pragma: 
 
 
 def prepare(precision: str, src: Path, dst: Path, *, batches: Iterable[np.ndarray] | None = None,
-            input_name: str = "image", op_types: Sequence[str] = ("MatMul", "Conv", "ConvTranspose"),
+            input_name: str = "image", op_types: Sequence[str] = INT8_OP_TYPES,
             use_modelopt: bool | None = None, workdir: Path | None = None) -> dict:
     """Write the graph TensorRT builds for ``precision`` to ``dst``; returns what was done."""
     if precision == "fp32":
