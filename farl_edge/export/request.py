@@ -116,10 +116,6 @@ class ExportRequest:
         options = {o for fmt in FORMATS.values() for o in fmt.options}
         return frozenset({*ExportRequest.recipe_fields(), *options, *RECIPE_INFO_KEYS})
 
-    @staticmethod
-    def _field(name: str) -> dataclasses.Field:
-        return {f.name: f for f in dataclasses.fields(ExportRequest)}[name]
-
     # ------------------------------------------------------------------ building one
     def apply(self, settings: dict) -> ExportRequest:
         """A copy with ``settings`` (recipe keys / flag dests → values) applied; builder options go
