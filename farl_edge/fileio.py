@@ -119,16 +119,23 @@ def atomic_write_json(path: str | Path, obj, **dump_kwargs) -> Path:
     return atomic_write(path, json.dumps(obj, **dump_kwargs) + "\n")
 
 
-def check_output_file(path: str | Path, flag: str = "--json") -> Path:
-    """One-line ValueError when ``path`` cannot be a file we write (checked before long work)."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'result.json'}")
-    probe = path.parent
+def creatable_in(path: str | Path, what: str) -> Path:
+    """The nearest existing folder above ``path``, where it would be created; a one-line UserError
+    (``what``: how the message names ``path``) when that is a file or not writable."""
+    probe = Path(path).parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        raise UserError(f"{flag} {path}: {probe} is a file, not a folder")
+        raise UserError(f"{what}: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: {probe} is not writable")
+        raise UserError(f"{what}: {probe} is not writable")
+    return probe
+
+
+def check_output_file(path: str | Path, flag: str = "--json") -> Path:
+    """One-line UserError when ``path`` cannot be a file we write (checked before long work)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'result.json'}")
+    creatable_in(path, f"{flag} {path}")
     return path

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from farl_edge.errors import UserError
-from farl_edge.fileio import atomic_write_json, pid_prefix, publish_modes, sweep_stale
+from farl_edge.fileio import atomic_write_json, creatable_in, pid_prefix, publish_modes, sweep_stale
 from farl_edge.runtime import ARTIFACT_FORMAT, FORMAT_VERSION, MANIFEST_NAME, sha256_file
 from farl_edge.utils import package_version
 
@@ -36,14 +36,8 @@ def library_versions() -> dict[str, str]:
 
 
 def check_writable(dest: Path) -> None:
-    """ValueError (one line) when ``dest`` cannot be created; creates nothing itself."""
-    probe = dest.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"cannot write {dest}: {probe} is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {dest}: {probe} is not writable")
+    """UserError (one line) when ``dest`` cannot be created; creates nothing itself."""
+    probe = creatable_in(dest, f"cannot write {dest}")
     try:
         fd, tmp = tempfile.mkstemp(dir=probe, prefix=".farl-edge-probe-")
         os.close(fd)
