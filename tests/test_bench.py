@@ -229,6 +229,13 @@ def test_bench_fast_run(tmp_path, helen_dir):
             assert r.get(key) is not None and math.isfinite(r[key]), (r["target"], r["batch"], key)
         assert r["cosine"]["mean"] > 0.9999
         assert r["metric_name"] == "nme_io"
+        # measured floor: the model's own op shapes timed alone in this run (real measurement)
+        assert r["measured_floor_ms"] > 0 and r["x_measured_floor"] == r["median_ms"] / r["measured_floor_ms"]
+        assert set(r["measured_floor"]["per_class_ms"]) == {"gemm", "attention", "conv"}
+    assert rows[("onnx", "fp32", "full", 2)]["measured_floor_ms"] == \
+        2 * rows[("onnx", "fp32", "full", 1)]["measured_floor_ms"]
+    assert set(data["kernel_throughput"]) == {"f32"}
+    assert all(v > 0 for v in data["kernel_throughput"]["f32"].values())
     assert rows[("torch", "fp32", "full", 1)]["delta"] == 0 and rows[("torch", "fp32", "full", 1)]["x_torch"] == 1
     assert abs(rows[("onnx", "fp32", "full", 1)]["delta"]) < 0.01
     # stages: torch measured, onnx backbone exported and measured, onnx head derived
@@ -249,7 +256,9 @@ def test_bench_fast_run(tmp_path, helen_dir):
         table = list(csv.DictReader(f))
     assert len(table) == len(data["rows"])
     onnx1 = next(r for r in table if r["target"] == "onnx" and r["stage"] == "full" and r["batch"] == "1")
-    assert all(onnx1[k] != "" for k in ("median_ms", "p99_ms", "metric", "delta", "cosine_mean", "pct_of_floor"))
+    assert all(onnx1[k] != "" for k in ("median_ms", "p99_ms", "metric", "delta", "cosine_mean", "pct_of_floor",
+                                        "measured_floor_ms", "x_measured_floor"))
+    assert "× measured floor" in md and "Kernel throughput" in md
     assert (out / "command.txt").read_text().startswith("farl-edge bench")
 
 

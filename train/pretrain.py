@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 
-from farl_edge.train.pretrain import load_config, run
+from farl_edge.train.pretrain import check_shards, load_config, run
 
 
 def _parse_set(items):
@@ -52,6 +52,7 @@ def main() -> None:
                  **_parse_set(args.set)}
     try:
         cfg = load_config(args.config, overrides)
+        check_shards(cfg["shards"])
     except (ValueError, OSError) as e:
         raise SystemExit(f"train/pretrain.py: error: {e}") from None
     result = run(cfg)

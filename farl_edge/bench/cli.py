@@ -102,6 +102,8 @@ class BenchOptions:
                                    help="stop starting rows after this many seconds; the rest are listed as skipped")
     cpu_mhz: float | None = _flag("--cpu-mhz", type=float,
                                   help="clock for the floor (default: lscpu max MHz / /proc/cpuinfo)")
+    no_measured_floor: bool = _flag("--no-measured-floor", action="store_true", help=(
+        "skip timing each GEMM / attention / conv shape of the model alone (the measured floor, after the rows)"))
     export_only: bool = _flag("--export-only", action="store_true", command=False,
                               help="only fill the artifact cache (exports need no quiet machine; timing does)")
     dry_run: bool = _flag("--dry-run", action="store_true", help=(
@@ -233,6 +235,7 @@ def cmd_bench(args) -> int:
             export_options=_export_options(opts.export_option, targets), device=opts.device,
             data_root=Path(opts.data_root) if opts.data_root else None, budget_s=opts.budget_s, dry_run=opts.dry_run,
             cpu_mhz=opts.cpu_mhz, command=opts.command_line(), export_only=opts.export_only,
+            measured_floor=not opts.no_measured_floor,
             log=(lambda m: None) if opts.quiet else (lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)))
     except ValueError as e:
         raise UserError(str(e)) from None

@@ -23,12 +23,14 @@ COLUMNS = [  # (key, header, format)
     ("delta", "Δ vs torch fp32", "{:+.3f}"), ("cosine_mean", "cosine", "{:.6f}"),
     ("median_ms", "latency ms median", "{:.1f}"), ("p99_ms", "p99", "{:.1f}"), ("fps", "FPS", "{:.1f}"),
     ("x_torch", "× torch", "{:.2f}"), ("gmacs", "GMACs", "{:.1f}"), ("floor_ms", "floor ms", "{:.1f}"),
-    ("pct_of_floor", "% of floor", "{:.1f}"), ("cold_start_ms", "cold start ms", "{:.0f}"),
+    ("pct_of_floor", "% of floor", "{:.1f}"), ("measured_floor_ms", "measured floor ms", "{:.2f}"),
+    ("x_measured_floor", "× measured floor", "{:.2f}"), ("cold_start_ms", "cold start ms", "{:.0f}"),
     ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
 ]
 CSV_COLUMNS = ["model", "target", "precision", "stage", "batch", "status", "reason", "size_mb", "metric_name", "metric",
                "delta", "cosine_mean", "cosine_min", "median_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "iters",
-               "stable", "fps", "x_torch", "gmacs", "floor_ms", "x_floor", "pct_of_floor", "cold_start_ms", "load_ms",
+               "stable", "fps", "x_torch", "gmacs", "floor_ms", "x_floor", "pct_of_floor", "measured_floor_ms",
+               "x_measured_floor", "cold_start_ms", "load_ms",
                "first_ms", "import_ms", "peak_rss_mb", "peak_gpu_mb", "rss_baseline_mb", "rss_after_load_mb",
                "export_s",
                "export_validation", "artifact", "notes"]
@@ -146,6 +148,13 @@ def markdown(data: dict) -> str:
                     note = r["notes"]
                 lines.append("| " + " | ".join(cells) + f" | {note} |")
             lines.append("")
+    if data.get("kernel_throughput"):
+        lines += ["## Kernel throughput (this run, TMAC/s, MAC-weighted over the model's shapes)", "",
+                  "| precision | gemm | attention | conv |", "| --- | --- | --- | --- |"]
+        for prec, classes in data["kernel_throughput"].items():
+            lines.append(f"| {prec} | " + " | ".join(f"{classes[c]:.3f}" if c in classes else "–"
+                                                      for c in ("gemm", "attention", "conv")) + " |")
+        lines.append("")
     unstarted = [m for m in dict.fromkeys(r["model"] for r in data["rows"]) if m not in data["models"]]
     if unstarted:
         lines += ["## Not started", ""]
@@ -174,6 +183,10 @@ def markdown(data: dict) -> str:
               "- floor: GMACs × batch / (peak MACs/cycle/core of the row's data type × cores × MHz); "
               "% of floor = 100 × floor / median (100 % = at the hardware limit). The floor is this CPU's: "
               "rows that run on a GPU or through Core ML have none.",
+              "- measured floor: Σ over the model's GEMM / attention / conv shapes of calls × MACs ÷ the TMAC/s "
+              "this CPU's kernels reach on that shape alone (single-op OpenVINO graphs at the row's precision, "
+              "timed in this run after the rows); × measured floor = median / measured floor (1.0 = as fast as "
+              "the model's own ops run alone). Kernel throughput per op class: see below.",
               "- cold start: load (with the runtime's sha256 check of the files) + first inference, fresh process; "
               "peak RSS: the process high-water mark over load, first inference and timing.",
               "- size: artifact files (PyTorch: fp32 parameters and buffers).",

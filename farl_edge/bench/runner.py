@@ -178,6 +178,7 @@ class BenchConfig:
     budget_s: float | None = None  # stop starting rows after this many seconds (the rest: skipped)
     dry_run: bool = False  # plan only: nothing is exported or measured
     cpu_mhz: float | None = None
+    measured_floor: bool = True  # time the model's own op shapes alone (floor.py) after the rows
     worker_timeout: float = 3600.0
     export_only: bool = False  # fill the artifact cache, measure nothing (exports need no quiet machine)
     command: str = ""
@@ -364,6 +365,7 @@ class ModelInfo:
     param_bytes: int
     eval_dir: str | None
     calib_dir: str | None
+    op_shapes: dict = field(default_factory=dict)  # stage → {OpShape: calls}, see farl_edge.bench.floor
 
 
 def resolve_weights(cfg: BenchConfig, name: str, log) -> ModelInfo:
@@ -399,8 +401,61 @@ def resolve_weights(cfg: BenchConfig, name: str, log) -> ModelInfo:
     task = mcfg.task
     eval_dir = data_dir(task, "eval", cfg.data_root)
     calib_dir = data_dir(task, "calib", cfg.data_root)
-    return ModelInfo(name, mcfg, ckpt, ckpt is None, weights, gmacs, params / 1e6, nbytes,
+    info = ModelInfo(name, mcfg, ckpt, ckpt is None, weights, gmacs, params / 1e6, nbytes,
                      str(eval_dir) if eval_dir else None, str(calib_dir) if calib_dir else None)
+    if cfg.measured_floor:
+        info.op_shapes = stage_op_shapes(model, info)
+    return info
+
+
+def stage_op_shapes(model, info: ModelInfo) -> dict:
+    """{stage: {OpShape: calls}}: the full model, the backbone alone, and the head (the difference)."""
+    from farl_edge.bench.floor import collect_op_shapes
+
+    size = info.cfg.input_size
+    full = collect_op_shapes(model, size)
+    out = {"full": full}
+    if info.cfg.task != "backbone":
+        bb = collect_op_shapes(backbone_module(info), size)
+        out["backbone"] = bb
+        head = {s: n - bb.get(s, 0) for s, n in full.items() if n - bb.get(s, 0) > 0}
+        out["head"] = head
+    return out
+
+
+def measured_floors(rows: list, infos: dict, threads: int, device: str, log) -> tuple[dict, object]:
+    """Time every op shape of the measured rows' models alone; {(model, stage, row precision): MeasuredFloor}.
+    Runs after the rows (never beside them) and only for rows whose compute runs on this CPU; also
+    returns the throughput cache (what each shape reached)."""
+    from farl_edge.bench.floor import KERNEL_PRECISION, ThroughputCache, measured_floor
+
+    cache = ThroughputCache(threads)
+    wanted = sorted({(r.model, r.stage, r.precision) for r in rows
+                     if r.model in infos and infos[r.model].op_shapes and r.data.get("median_ms")
+                     and r.precision in KERNEL_PRECISION and runs_on_host_cpu(r.target, device)})
+    if wanted:
+        log(f"measured floor: timing {len({s for i in infos.values() for c in i.op_shapes.values() for s in c})} "
+            f"op shapes alone")
+    out = {}
+    for model, stage, precision in wanted:
+        counts = infos[model].op_shapes.get(stage)
+        if counts:
+            out[(model, stage, precision)] = measured_floor(counts, precision, cache)
+    return out, cache
+
+
+def kernel_throughput(cache) -> dict:
+    """{kernel precision: {op class: TMAC/s}}, MAC-weighted over every shape measured in this run."""
+    macs: dict = {}
+    secs: dict = {}
+    for (shape, precision), tmacs in cache.table.items():
+        key = (precision, shape.op_class)
+        macs[key] = macs.get(key, 0.0) + shape.macs
+        secs[key] = secs.get(key, 0.0) + shape.macs / (tmacs * 1e12)
+    out: dict = {}
+    for (precision, op_class), m in sorted(macs.items()):
+        out.setdefault(precision, {})[op_class] = m / secs[(precision, op_class)] / 1e12
+    return out
 
 
 def data_dir(task: str, which: str, root: Path | None = None) -> Path | None:
@@ -674,7 +729,7 @@ def measure_row(cfg: BenchConfig, info: ModelInfo, row: Row, inputs: dict, refs:
 
 # ----------------------------------------------------------------------------- derived columns
 def derive(rows: list[Row], infos: dict, cpu: hardware.CpuInfo, threads: int, batches: list[int],
-           device: str = "cpu") -> None:
+           device: str = "cpu", floors: dict | None = None) -> None:
     """× torch, GMACs, floor (rows on the host CPU), Δmetric; head stage of exported targets = full − backbone.
     Rows of models that never started (time budget) are left as they are."""
     by_key = {r.key: r for r in rows}
@@ -713,6 +768,13 @@ def derive(rows: list[Row], infos: dict, cpu: hardware.CpuInfo, threads: int, ba
                 r.data["floor_ms"] = fl
                 r.data["x_floor"] = r.data["median_ms"] / fl
                 r.data["pct_of_floor"] = 100.0 * fl / r.data["median_ms"]
+            mf = (floors or {}).get((r.model, r.stage, r.precision))
+            if mf is not None:
+                # measured at batch 1; a batch of b costs b times the arithmetic
+                r.data["measured_floor_ms"] = mf.ms * r.batch
+                r.data["x_measured_floor"] = r.data["median_ms"] / r.data["measured_floor_ms"]
+                r.data["measured_floor"] = {"kernel_precision": mf.precision, "per_class_ms": mf.per_class_ms,
+                                            "kernel_throughput": mf.kernel_throughput}
             ref = by_key.get((r.model, "torch", "fp32", r.stage, r.batch))
             if ref and ref.data.get("median_ms"):
                 r.data["x_torch"] = ref.data["median_ms"] / r.data["median_ms"]
@@ -867,7 +929,9 @@ def run_bench(cfg: BenchConfig) -> dict:
         info.__dict__["inputs_source"] = info_inputs
     if cfg.export_only:
         return {"export_only": True, "cache": str(cfg.cache)}
-    derive(rows, infos, cpu, cfg.threads, cfg.batches, cfg.device)
+    floors, cache = (measured_floors(rows, infos, cfg.threads, cfg.device, log) if cfg.measured_floor
+                     else ({}, None))
+    derive(rows, infos, cpu, cfg.threads, cfg.batches, cfg.device, floors)
     data = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": cfg.command,
@@ -877,6 +941,7 @@ def run_bench(cfg: BenchConfig) -> dict:
                        "gmacs": i.gmacs, "params_m": i.params_m, "eval_data": i.__dict__.get("inputs_source"),
                        "metric": METRIC.get(i.cfg.task, (None,))[0]} for n, i in infos.items()},
         "rows": [r.to_dict() for r in rows],
+        "kernel_throughput": kernel_throughput(cache) if cache is not None else {},
         "not_measured": skipped,
         "seconds": round(time.time() - started, 1),
     }

@@ -117,7 +117,6 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     for key in ("shards", "output"):
         if not cfg[key]:
             raise UserError(f"pre-training config needs {key!r}")
-    check_shards(cfg["shards"])
     if cfg["mim"]["target"] not in mim_lib.TARGETS:
         raise UserError(f"mim.target must be one of {mim_lib.TARGETS}, not {cfg['mim']['target']!r}")
     if cfg["mim"]["target"] == "tokens" and not cfg["mim"]["tokenizer"]:
@@ -281,6 +280,7 @@ def _prune(folder: Path, keep: int | None) -> None:
 
 
 def run(cfg: dict) -> dict:
+    check_shards(cfg["shards"])  # before processes, models and readers start
     info = init_distributed()
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
