@@ -2,7 +2,10 @@
 
 Every path that feeds a model goes through ``crop_matrix`` + ``warp_input``, and every result
 goes back through ``landmarks_to_image`` / ``logits_to_label_map``, so PyTorch, exported models and
-the camera runtime see identical pixels.
+the camera runtime see identical pixels; training targets go the same way in through
+``landmarks_to_input`` / ``warp_label_map``. Which warp, and its settings, come from the model's
+``preprocess`` (:class:`~farl_edge.registry.PreprocessCfg`, which holds the defaults; a plain dict
+is read through it, so a misspelt key is an error).
 """
 from __future__ import annotations
 
@@ -10,9 +13,14 @@ import cv2
 import numpy as np
 
 from farl_edge import geometry
+from farl_edge.registry import PreprocessCfg
 
 
-def crop_matrix(preprocess: dict, size: int, *, landmarks=None, box=None, five_points=None, image_hw=None) -> np.ndarray:
+def _pre(preprocess) -> PreprocessCfg:
+    return PreprocessCfg.coerce(preprocess) if preprocess is not None else PreprocessCfg()
+
+
+def crop_matrix(preprocess: PreprocessCfg | dict, size: int, *, landmarks=None, box=None, five_points=None, image_hw=None) -> np.ndarray:
     """2×3 matrix from the original image to the model input, following the model's ``preprocess``.
 
     - ``box``: square crop around a face box (landmark box in evaluation, detector box at run time),
@@ -20,7 +28,8 @@ def crop_matrix(preprocess: dict, size: int, *, landmarks=None, box=None, five_p
     - ``similarity`` / ``tanh``: 5-point alignment to FaRL's template (tanh adds the warp on top).
     - ``full``: the whole image resized (data sets whose images are already aligned).
     """
-    kind = preprocess.get("warp", "box")
+    preprocess = _pre(preprocess)
+    kind = preprocess.warp
     if kind == "full" or (landmarks is None and box is None and five_points is None):
         if image_hw is None:
             raise ValueError("a 'full' crop needs the image size")
@@ -29,15 +38,33 @@ def crop_matrix(preprocess: dict, size: int, *, landmarks=None, box=None, five_p
     if kind == "box" or five_points is None:
         if box is None:
             box = geometry.box_from_points(landmarks)
-        return geometry.box_matrix(box, size, scale=float(preprocess.get("box_scale", 1.0)))
+        return geometry.box_matrix(box, size, scale=float(preprocess.box_scale))
     return geometry.similarity_from_5pts(five_points, size)
 
 
-def warp_input(image_rgb: np.ndarray, matrix: np.ndarray, size: int, preprocess: dict) -> np.ndarray:
+def warp_input(image_rgb: np.ndarray, matrix: np.ndarray, size: int, preprocess: PreprocessCfg | dict) -> np.ndarray:
     """uint8 RGB image → warped uint8 RGB model input (tanh-warp when the model asks for it)."""
-    if preprocess.get("warp") == "tanh":
-        return geometry.tanh_warp_image(image_rgb, matrix, size, float(preprocess.get("warp_factor", 0.8)))
+    preprocess = _pre(preprocess)
+    if preprocess.warp == "tanh":
+        return geometry.tanh_warp_image(image_rgb, matrix, size, float(preprocess.warp_factor))
     return geometry.warp_image(image_rgb, matrix, size)
+
+
+def warp_label_map(labels: np.ndarray, matrix: np.ndarray, size: int, preprocess: PreprocessCfg | dict) -> np.ndarray:
+    """(H, W) label map of the original image → the model input's (nearest neighbour), as ``warp_input``."""
+    preprocess = _pre(preprocess)
+    if preprocess.warp == "tanh":
+        return geometry.tanh_warp_image(labels, matrix, size, float(preprocess.warp_factor),
+                                        interpolation=cv2.INTER_NEAREST)
+    return geometry.warp_image(labels, matrix, size, interpolation=cv2.INTER_NEAREST)
+
+
+def landmarks_to_input(landmarks: np.ndarray, matrix: np.ndarray, size: int, preprocess: PreprocessCfg | dict) -> np.ndarray:
+    """(K, 2) landmarks in original-image coordinates → model-input pixels (inverse of ``landmarks_to_image``)."""
+    preprocess = _pre(preprocess)
+    if preprocess.warp == "tanh":
+        return geometry.tanh_warp_points(landmarks, matrix, size, float(preprocess.warp_factor))
+    return geometry.transform_points(landmarks, matrix)
 
 
 def to_tensor_layout(images_rgb_u8: np.ndarray) -> np.ndarray:
@@ -45,14 +72,15 @@ def to_tensor_layout(images_rgb_u8: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images_rgb_u8.transpose(0, 3, 1, 2), dtype=np.float32) * np.float32(1 / 255)
 
 
-def landmarks_to_image(landmarks: np.ndarray, matrix: np.ndarray, size: int, preprocess: dict) -> np.ndarray:
+def landmarks_to_image(landmarks: np.ndarray, matrix: np.ndarray, size: int, preprocess: PreprocessCfg | dict) -> np.ndarray:
     """(K, 2) landmarks in model-input pixels → original-image coordinates."""
-    if preprocess.get("warp") == "tanh":
-        return geometry.tanh_unwarp_points(landmarks, matrix, size, float(preprocess.get("warp_factor", 0.8)))
+    preprocess = _pre(preprocess)
+    if preprocess.warp == "tanh":
+        return geometry.tanh_unwarp_points(landmarks, matrix, size, float(preprocess.warp_factor))
     return geometry.transform_points(landmarks, geometry.invert_affine(matrix))
 
 
-def logits_to_label_map(logits: np.ndarray, matrix: np.ndarray, size: int, preprocess: dict, out_hw) -> np.ndarray:
+def logits_to_label_map(logits: np.ndarray, matrix: np.ndarray, size: int, preprocess: PreprocessCfg | dict, out_hw) -> np.ndarray:
     """(C, h, w) class scores at 1/4 of the input → (H, W) uint8 label map of the original image.
 
     Scores are upsampled to the input size and warped back before the argmax, as FaRL does.
@@ -61,8 +89,9 @@ def logits_to_label_map(logits: np.ndarray, matrix: np.ndarray, size: int, prepr
     scores = cv2.resize(np.ascontiguousarray(logits.transpose(1, 2, 0), dtype=np.float32), (size, size),
                         interpolation=cv2.INTER_LINEAR)
     scores = scores.reshape(size, size, c).transpose(2, 0, 1)
-    if preprocess.get("warp") == "tanh":
-        back = geometry.tanh_unwarp_scores(scores, matrix, size, float(preprocess.get("warp_factor", 0.8)), out_hw)
+    preprocess = _pre(preprocess)
+    if preprocess.warp == "tanh":
+        back = geometry.tanh_unwarp_scores(scores, matrix, size, float(preprocess.warp_factor), out_hw)
     else:
         back = geometry.unwarp_scores(scores, matrix, out_hw)
     return back.argmax(axis=0).astype(np.uint8)

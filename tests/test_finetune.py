@@ -100,3 +100,35 @@ def test_finetune_loop_saves_card_log_and_resumes(w300_train_dir, helen_dir, tmp
     result = run(load_config(cfg_path, {"max_steps": 3}))
     rows = list(csv.DictReader((tmp_path / "run" / "train_log.csv").open()))
     assert result["steps"] == 3 and [int(r["step"]) for r in rows] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("keys,match", [
+    ({"lr_heads": 1e-3}, r"unknown fine-tuning config keys \['lr_heads'\]"),
+    ({"augment": {"rotate": 10, "rotation": 5}}, r"'augment': \['rotation'\]"),
+    ({"teacher": {"model": "farl-small-300w", "kd_wieght": 2.0}}, r"'teacher': \['kd_wieght'\]"),
+    ({"teacher": {"checkpoint": "t.pt"}}, "needs 'model'"),
+])
+def test_unknown_recipe_keys_are_errors(tmp_path, keys, match):
+    """As pretrain.load_config: a misspelt key is an error, not a silent fall-back to the default."""
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"model": "farl-small-300w", "train_data": "d", "output": "o", **keys}))
+    with pytest.raises(ValueError, match=match):
+        load_config(path)
+    cont = tmp_path / "cont.json"  # also in a continuation recipe, and in overrides
+    cont.write_text(json.dumps({"after": str(path)}))
+    with pytest.raises(ValueError, match=match):
+        load_config(cont)
+
+
+def test_shipped_recipes_pass_the_key_check(monkeypatch):
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    monkeypatch.chdir(root)  # continuation recipes name their base from the repository root
+    recipes = [p for p in sorted(Path("train/configs").glob("*.json")) if not p.name.startswith("pretrain")]
+    assert recipes
+    for path in recipes:
+        cfg = load_config(path)
+        assert cfg["model"] and cfg["recipe"] == str(path)
+    with pytest.raises(ValueError, match="unknown fine-tuning config keys"):
+        load_config(recipes[0], {"epoch": 3})

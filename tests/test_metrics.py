@@ -214,3 +214,33 @@ def test_alignment_meter_aflw19_uses_box():
     assert "nme_io" not in s
     with pytest.raises(ValueError):
         meter.update(np.zeros((68, 2)), np.zeros((68, 2)))
+
+
+# ------------------------------------------------------------------------------ export validation
+def test_export_validation_normalises_aflw19_by_the_face_box_as_evaluate_does():
+    """validate._task_alignment passes the data set's face box (FaRL's AFLW-19 NME_box), like evaluate."""
+    from types import SimpleNamespace
+
+    from farl_edge.evaluate import AUC_THRESHOLDS
+    from farl_edge.export.validate import ParityReport, _task_alignment
+
+    rng = np.random.default_rng(0)
+    samples, ref, art = [], [], []
+    for i in range(4):
+        gt = rng.uniform(40, 160, size=(19, 2))
+        box = np.array([20.0, 10.0, 190.0, 200.0]) + i  # larger than the landmarks' own box
+        samples.append(SimpleNamespace(landmarks=gt, box=box, name=str(i)))
+        ref.append(SimpleNamespace(landmarks=gt + rng.normal(0, 2, gt.shape)))
+        art.append(SimpleNamespace(landmarks=gt + rng.normal(0, 2, gt.shape)))
+    report = ParityReport()
+    tol = SimpleNamespace(landmark_disagreement=100.0, nme_delta=100.0)
+    _task_alignment(report, SimpleNamespace(dataset="aflw19"), samples, ref, art, tol)
+    for who, preds in (("reference", ref), ("artifact", art)):
+        meter = mt.AlignmentMeter("aflw19", AUC_THRESHOLDS["aflw19"])
+        for s, p in zip(samples, preds):
+            meter.update(p.landmarks, s.landmarks, box=s.box)
+        assert report.metrics[who]["nme_box"] == pytest.approx(meter.summary()["nme_box"])
+        unboxed = mt.AlignmentMeter("aflw19", AUC_THRESHOLDS["aflw19"])
+        for s, p in zip(samples, preds):
+            unboxed.update(p.landmarks, s.landmarks)
+        assert report.metrics[who]["nme_box"] != pytest.approx(unboxed.summary()["nme_box"])

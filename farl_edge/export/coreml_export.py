@@ -1,9 +1,8 @@
 """Core ML: PyTorch → ML program (``model.mlpackage``) with coremltools, fp32 / fp16 / int8.
 
-- Conversion: ``torch.jit.trace`` → ``coremltools.convert(convert_to="mlprogram")``. The model is
-  wrapped (:class:`CoreMLModule`) only to write soft-argmax as a 2-D matmul: the registry model's
-  ``weights @ grid`` with a 1-D grid fails in the converter's matmul (rank-1 ``y``); the result
-  is the same up to rounding (4.6e-5 px measured on farl-small-300w).
+- Conversion: ``torch.jit.trace`` of the registry model itself → ``coremltools.convert(
+  convert_to="mlprogram")``. (Its soft-argmax is one matmul with a 2-D grid,
+  :func:`farl_edge.models.heads.soft_argmax`; the converter rejects a rank-1 right operand.)
 - Input: ``ct.ImageType(name="image", shape=(1, 3, S, S), scale=1/255, bias=0, RGB)``. Our models
   take RGB in [0, 1] and normalise inside, so scale 1/255 is exact. Outputs keep the manifest
   names (``logits`` / ``landmarks``, ``heatmaps`` / ``embedding``) as fp32 multi-arrays.
@@ -70,37 +69,6 @@ def import_coremltools():
     return ct
 
 
-def _wrapper_class():
-    import torch
-    from torch import nn
-
-    class CoreMLModule(nn.Module):
-        """The registry model with soft-argmax as a 2-D matmul (the converter's matmul needs rank-2 y)."""
-
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-            self.task = model.cfg.task
-
-        def forward(self, x):
-            if self.task != "alignment":
-                return self.model(x)
-            heatmaps = self.model.head_logits(x).float().sigmoid()
-            h, w = heatmaps.shape[-2:]  # constants in the trace (output stride 4 or 8)
-            ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h
-            xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w
-            grid = torch.stack([xs.repeat(h), ys.repeat_interleave(w)], dim=-1)
-            weights = heatmaps.flatten(2)
-            weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-12)
-            return (weights @ grid) * x.shape[-1], heatmaps
-
-    return CoreMLModule
-
-
-def wrap(model):
-    return _wrapper_class()(model).eval()
-
-
 def _metadata(ct_model, cfg, precision: str, target: str, details: dict) -> None:
     ct_model.author = AUTHOR
     ct_model.license = LICENSE
@@ -110,7 +78,7 @@ def _metadata(ct_model, cfg, precision: str, target: str, details: dict) -> None
                  "backbone": "FaRL face image embedding"}[cfg.task]
     ct_model.short_description = f"{cfg.name}: {task_text} ({precision}). {cfg.description}".strip()
     ct_model.input_description[INPUT] = (f"RGB face crop, {cfg.input_size}x{cfg.input_size}, prepared as "
-                                           f"farl-edge crops ({cfg.preprocess.get('warp', 'box')} warp)")
+                                           f"farl-edge crops ({cfg.preprocess.warp} warp)")
     out_text = {"logits": "per-class logits at 1/4 input resolution (B, C, S/4, S/4)",
                 "landmarks": "landmarks (B, K, 2), x then y, in input pixels",
                 "heatmaps": "landmark heatmaps (B, K, S/4, S/4) in [0, 1]",
@@ -157,7 +125,7 @@ def convert(model, precision: str = "fp16", *, output_names=None, target: str | 
     names = list(output_names or model.output_names)
     example = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
     with quiet(), torch.no_grad(), torch.inference_mode(False):
-        traced = torch.jit.trace(wrap(model), example)
+        traced = torch.jit.trace(model.eval(), example)
         ml = ct.convert(
             traced,
             inputs=[ct.ImageType(name=INPUT, shape=(1, 3, s, s), scale=1.0 / 255.0, bias=[0.0, 0.0, 0.0],

@@ -43,11 +43,11 @@ class FaRLClip(nn.Module):
         if not cfg.text:
             raise ValueError(f"model {cfg.name!r} has no text tower; use a backbone config such as farl-b16-224")
         v, t = cfg.vision, cfg.text
-        embed_dim = v["output_dim"]
-        vis_kwargs = dict(image_size=image_size or cfg.input_size, patch_size=v["patch_size"], width=v["width"],
-                          layers=v["layers"], heads=v["heads"], output_dim=embed_dim)
+        embed_dim = v.output_dim
+        vis_kwargs = dict(image_size=image_size or cfg.input_size, patch_size=v.patch_size, width=v.width,
+                          layers=v.layers, heads=v.heads, output_dim=embed_dim)
         self.visual = MaskedVisionTransformer(**vis_kwargs, mim_vocab_size=mim_vocab_size) if mim else VisionTransformer(**vis_kwargs)
-        text = TextTransformer(t["width"], t["layers"], t["heads"], t["context_length"], t["vocab_size"], embed_dim)
+        text = TextTransformer(t.width, t.layers, t.heads, t.context_length, t.vocab_size, embed_dim)
         # CLIP keeps the text tower's parameters at the top level of the state dict.
         self.token_embedding = text.token_embedding
         self.positional_embedding = text.positional_embedding

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from farl_edge.registry import HeadCfg
+
 
 class ConvBNReLU(nn.Sequential):
     """mmseg's ConvModule: conv without bias, BatchNorm, ReLU."""
@@ -104,20 +106,22 @@ class DenseHead(nn.Module):
 
 def soft_argmax(heatmaps: torch.Tensor) -> torch.Tensor:
     """Heatmap-weighted mean of pixel centres ((i+0.5)/size) → (B, K, 2) in [0, 1], x then y."""
-    b, k, h, w = heatmaps.shape
+    h, w = heatmaps.shape[-2:]
     weights = heatmaps.flatten(2)
     weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     ys = (torch.arange(h, device=heatmaps.device, dtype=heatmaps.dtype) + 0.5) / h
     xs = (torch.arange(w, device=heatmaps.device, dtype=heatmaps.dtype) + 0.5) / w
-    grid_x = xs.repeat(h)
-    grid_y = ys.repeat_interleave(w)
-    return torch.stack([weights @ grid_x, weights @ grid_y], dim=-1)
+    # One (h*w, 2) grid and one matmul: every exporter takes it (Core ML's converter rejects the
+    # rank-1 right operand of a matrix-vector product).
+    grid = torch.stack([xs.repeat(h), ys.repeat_interleave(w)], dim=-1)
+    return weights @ grid
 
 
-def build_head(cfg: dict, width: int, num_outputs: int) -> nn.Module:
-    kind = cfg.get("type", "uper")
-    if kind == "uper":
-        return DenseHead(width, num_outputs, cfg["channels"], cfg.get("pool_scales", (1, 2, 3, 6)), cfg.get("dropout", 0.1))
+def build_head(cfg: HeadCfg | dict, width: int, num_outputs: int) -> nn.Module:
+    """The head a model config's ``head`` section describes (defaults: :class:`~farl_edge.registry.HeadCfg`)."""
+    cfg = HeadCfg.coerce(cfg)
+    if cfg.type == "uper":
+        return DenseHead(width, num_outputs, cfg.channels, cfg.pool_scales, cfg.dropout)
     from farl_edge.models import edge_heads  # light heads live in their own module
 
-    return edge_heads.build(kind, cfg, width, num_outputs)
+    return edge_heads.build(cfg.type, cfg, width, num_outputs)

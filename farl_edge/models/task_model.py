@@ -18,8 +18,8 @@ from farl_edge.registry import ModelConfig
 def build_backbone(cfg: ModelConfig) -> VisionTransformer:
     v = cfg.vision
     return VisionTransformer(
-        image_size=cfg.input_size, patch_size=v["patch_size"], width=v["width"], layers=v["layers"],
-        heads=v["heads"], output_dim=v.get("output_dim"),
+        image_size=cfg.input_size, patch_size=v.patch_size, width=v.width, layers=v.layers,
+        heads=v.heads, output_dim=v.output_dim,
     )
 
 
@@ -31,7 +31,7 @@ class FaRLModel(nn.Module):
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
         self.backbone = build_backbone(cfg)
         self.taps = list(cfg.taps)
-        self.head = build_head(cfg.head, cfg.vision["width"], cfg.num_outputs) if cfg.task != "backbone" else None
+        self.head = build_head(cfg.head, cfg.vision.width, cfg.num_outputs) if cfg.task != "backbone" else None
 
     @property
     def output_names(self) -> list[str]:

@@ -30,7 +30,7 @@ DEFAULTS = {
     "betas": [0.9, 0.999], "ema": 0.999, "warmup_steps": 100, "bf16": True, "workers": 0, "seed": 0,
     "augment": {}, "eval_limit": None, "eval_every": 1, "threads": None, "max_steps": None,
     "heatmap_sigma": 1.5, "heatmap_weight": 1.0, "init": None, "freeze_backbone": False,
-    # Distillation: {"model": name, "checkpoint": path|null, "kd_weight": 1.0, "temperature": 1.0}
+    # Distillation: {"model": name, ...TEACHER_DEFAULTS}
     "teacher": None, "init_backbone_from_teacher": True,
     # Slim UPerHead students: start from the teacher's adapter + its most important decoder channels.
     "init_head_from_teacher": False,
@@ -39,11 +39,17 @@ DEFAULTS = {
 }
 
 
+# Keys a recipe may have besides DEFAULTS: the required three, validation data, the recipe it
+# continues ("after") and the recipe's own path (filled in; kept in the checkpoint's card).
+RECIPE_KEYS = ("model", "train_data", "output", "val_data", "after", "recipe")
+TEACHER_DEFAULTS = {"checkpoint": None, "kd_weight": 1.0, "temperature": 1.0}  # "model" is required
+
+
 def _recipe_keys(path: str | Path, seen: tuple = ()) -> dict:
     """A recipe's keys; one that continues another run (``after``) holds only what changes."""
     if str(path) in seen:
         raise ValueError(f"{path}: recipes continue each other in a loop ({' → '.join(seen)})")
-    keys = json.loads(Path(path).read_text())
+    keys = {k: v for k, v in json.loads(Path(path).read_text()).items() if not k.startswith("_")}  # "_comment"
     if keys.get("after"):
         return {**_recipe_keys(keys["after"], (*seen, str(path))), **keys}
     return keys
@@ -53,10 +59,31 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
     cfg = {**DEFAULTS, **_recipe_keys(path)}
     cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
     cfg.setdefault("recipe", str(path))
+    check_keys(cfg, path)
+    return cfg
+
+
+def check_keys(cfg: dict, path: str | Path = "<recipe>") -> None:
+    """ValueError for a misspelt or missing key (as ``pretrain.load_config``): unknown keys would
+    otherwise be ignored and the default used."""
+    from farl_edge.train.task_data import AUGMENT_KEYS
+
+    unknown = set(cfg) - set(DEFAULTS) - set(RECIPE_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown fine-tuning config keys {sorted(unknown)}")
     for key in ("model", "train_data", "output"):
         if key not in cfg:
             raise ValueError(f"{path}: training config needs {key!r}")
-    return cfg
+    unknown = set(cfg["augment"] or {}) - set(AUGMENT_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys in config section 'augment': {sorted(unknown)}; "
+                         f"known: {', '.join(AUGMENT_KEYS)}")
+    if cfg["teacher"]:
+        unknown = set(cfg["teacher"]) - {"model", *TEACHER_DEFAULTS}
+        if unknown:
+            raise ValueError(f"{path}: unknown keys in config section 'teacher': {sorted(unknown)}")
+        if "model" not in cfg["teacher"]:
+            raise ValueError(f"{path}: the 'teacher' section needs 'model'")
 
 
 def param_groups(model, cfg: dict) -> list[dict]:
@@ -94,23 +121,27 @@ def task_loss(model, x, target, cfg: dict, teacher=None, shared_features: bool =
         if teacher_logits is None:
             with torch.no_grad():
                 teacher_logits = teacher.head_logits(x)
-        kd = losses.distillation_loss(logits, teacher_logits, task, cfg["teacher"].get("temperature", 1.0))
-        loss = loss + cfg["teacher"].get("kd_weight", 1.0) * kd
+        kd = losses.distillation_loss(logits, teacher_logits, task, _teacher(cfg)["temperature"])
+        loss = loss + _teacher(cfg)["kd_weight"] * kd
         stats["kd"] = kd.item()
     stats["loss"] = loss.item()
     return loss, stats
+
+
+def _teacher(cfg: dict) -> dict:
+    return {**TEACHER_DEFAULTS, **cfg["teacher"]}
 
 
 def build_teacher(cfg: dict, device: torch.device):
     """The full-head model an edge head learns from (frozen, eval mode)."""
     from farl_edge.registry import get_config, weights_path
 
-    spec = cfg["teacher"]
-    if not spec.get("checkpoint") and weights_path(get_config(spec["model"])) is None:
+    spec = _teacher(cfg)
+    if not spec["checkpoint"] and weights_path(get_config(spec["model"])) is None:
         raise ValueError(f"teacher {spec['model']!r} has no shipped weights: distilling from random weights teaches "
                          "nothing. Pass the fine-tuned teacher with --teacher-checkpoint (or teacher.checkpoint "
                          "in the recipe), e.g. FaRL's official face_parsing .pth")
-    teacher = create_model(spec["model"], checkpoint=spec.get("checkpoint"),
+    teacher = create_model(spec["model"], checkpoint=spec["checkpoint"],
                            trust_torchscript=cfg["trust_torchscript"]).to(device).eval()
     teacher.requires_grad_(False)
     return teacher

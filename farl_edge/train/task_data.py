@@ -1,7 +1,6 @@
 """Training sets for fine-tuning: annotated faces → augmented model inputs and targets."""
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -10,6 +9,10 @@ from farl_edge import crops, geometry
 from farl_edge.datasets.base import FaceSample
 from farl_edge.registry import ModelConfig
 from farl_edge.train import augment
+
+
+# The recipe's "augment" section (fine-tuning checks it): geometric here, photometric in augment.py.
+AUGMENT_KEYS = ("rotate", "scale", "shift", "occlusion", "gray", "gamma", "blur")
 
 
 class FaceTaskDataset(Dataset):
@@ -42,15 +45,7 @@ class FaceTaskDataset(Dataset):
             x = augment.random_occlusion(rng, x, self.aug.get("occlusion", 0.0))
         tensor = torch.from_numpy(crops.to_tensor_layout(x[None])[0])
         if self.cfg.task == "alignment":
-            if self.cfg.preprocess.get("warp") == "tanh":
-                pts = geometry.tanh_warp_points(sample.landmarks, matrix, size, self.cfg.preprocess.get("warp_factor", 0.8))
-            else:
-                pts = geometry.transform_points(sample.landmarks, matrix)
+            pts = crops.landmarks_to_input(sample.landmarks, matrix, size, self.cfg.preprocess)
             return tensor, torch.from_numpy(np.asarray(pts, dtype=np.float32))
-        mask = sample.load_mask()
-        if self.cfg.preprocess.get("warp") == "tanh":
-            labels = geometry.tanh_warp_image(mask, matrix, size, self.cfg.preprocess.get("warp_factor", 0.8),
-                                              interpolation=cv2.INTER_NEAREST)
-        else:
-            labels = geometry.warp_image(mask, matrix, size, interpolation=cv2.INTER_NEAREST)
+        labels = crops.warp_label_map(sample.load_mask(), matrix, size, self.cfg.preprocess)
         return tensor, torch.from_numpy(labels.astype(np.int64))
