@@ -154,7 +154,7 @@ def test_pareto_front():
 
 
 def test_plan_lists_unavailable_and_missing_paths(tmp_path):
-    from farl_edge.bench.runner import BenchConfig, plan
+    from farl_edge.bench.matrix import BenchConfig, plan
 
     cfg = BenchConfig(models=["farl-small-300w"], targets=["onnx", "tensorrt", "coreml"],
                       precisions=["bf16", "int8"], batches=[1, 4], out=tmp_path)
@@ -176,7 +176,8 @@ def test_derived_head_stage():
     """Exported head stage = full − backbone medians; a non-positive difference is 'unreliable', not a value."""
     from types import SimpleNamespace
 
-    from farl_edge.bench.runner import Row, derive
+    from farl_edge.bench.derive import derive
+    from farl_edge.bench.matrix import Row
 
     cpu = hardware.CpuInfo("cpu", "GenuineIntel", ["avx512f"], 2, 2, 1000.0, "test")
     info = SimpleNamespace(cfg=SimpleNamespace(task="alignment"), gmacs={"total": 2.0, "backbone": 0.5, "head": 1.5})
@@ -266,7 +267,9 @@ def test_cached_artifact_is_stale_when_model_config_or_weights_change(tmp_path):
     import hashlib
     import json
 
-    from farl_edge.bench.runner import ModelInfo, Row, stale_reason
+    from farl_edge.bench.artifacts import stale_reason
+    from farl_edge.bench.matrix import Row
+    from farl_edge.bench.weights import ModelInfo
     from farl_edge.registry import get_config
 
     weights = tmp_path / "w.safetensors"

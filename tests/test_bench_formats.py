@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from farl_edge.bench import runner
+from farl_edge.bench import artifacts, driver, matrix, runner, weights
 from farl_edge.export.formats import FORMATS, Format
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,7 +42,7 @@ class Stubs:
     def resolve_weights(self, cfg, name, log):
         from farl_edge.registry import get_config
 
-        return runner.ModelInfo(name, get_config(name), None, False, "stub weights",
+        return weights.ModelInfo(name, get_config(name), None, False, "stub weights",
                                 {"total": 2.0, "backbone": 1.5, "head": 0.5}, 1.0, 4_000_000, None, None)
 
     def export(self, request):
@@ -85,11 +85,11 @@ def stubs(monkeypatch, tmp_path):
     from farl_edge.export import pipeline
 
     s = Stubs(tmp_path)
-    monkeypatch.setattr(runner, "target_availability", lambda target, device="cpu": (True, ""))
+    monkeypatch.setattr(matrix, "target_availability", lambda target, device="cpu": (True, ""))
     monkeypatch.setattr(runner, "resolve_weights", s.resolve_weights)
     monkeypatch.setattr(runner, "prepare_inputs", lambda cfg, info: {"timing": "-", "eval": None, "source": "stub"})
-    monkeypatch.setattr(runner, "_worker", s.worker)
-    monkeypatch.setattr(runner, "backbone_module", lambda info: type("M", (), {"cfg": type("C", (), {
+    monkeypatch.setattr(driver, "_worker", s.worker)
+    monkeypatch.setattr(artifacts, "backbone_module", lambda info: type("M", (), {"cfg": type("C", (), {
         "base": info.name})()})())
     monkeypatch.setattr(pipeline, "export", s.export)
     return s
@@ -99,7 +99,7 @@ def test_every_format_plans_exports_and_measures(stubs, tmp_path):
     """Each precision of each format in FORMATS (tensorrt, tensorrt-rtx, coreml included) becomes
     ok rows: full at every batch, backbone measured, head derived — no KeyError anywhere."""
     assert {"tensorrt", "tensorrt-rtx", "coreml", "onnx", "openvino"} <= set(FORMATS)
-    cfg = runner.BenchConfig(models=[MODEL], targets=list(FORMATS), precisions=list(runner.known_precisions()),
+    cfg = matrix.BenchConfig(models=[MODEL], targets=list(FORMATS), precisions=list(matrix.known_precisions()),
                              batches=[1, 2], out=tmp_path / "out", log=lambda m: None)
     data = runner.run_bench(cfg)
     rows = {(r["target"], r["precision"], r["stage"], r["batch"]): r for r in data["rows"]}
@@ -147,8 +147,8 @@ def test_new_format_needs_no_bench_change(stubs, tmp_path, monkeypatch):
     fmt = Format(target="fakert", precisions=("fp32", "int8"), builder="x:y", backend="fakebackend", extra="export",
                  int8_modes=("weights",), options=("delegate",), notes={"run_needs": "CPU"})
     monkeypatch.setitem(FORMATS, "fakert", fmt)
-    assert "fakert" in runner.known_targets()
-    cfg = runner.BenchConfig(models=[MODEL], targets=["fakert"], precisions=["fp32", "bf16", "int8"], batches=[1],
+    assert "fakert" in matrix.known_targets()
+    cfg = matrix.BenchConfig(models=[MODEL], targets=["fakert"], precisions=["fp32", "bf16", "int8"], batches=[1],
                              stages=["full"], export_options={"fakert": {"delegate": "xnnpack"}},
                              out=tmp_path / "out", log=lambda m: None)
     data = runner.run_bench(cfg)
@@ -159,32 +159,32 @@ def test_new_format_needs_no_bench_change(stubs, tmp_path, monkeypatch):
     assert all(e["options"] == {"delegate": "xnnpack"} for e in stubs.exports)
     assert all("-o" in e["dir"] for e in stubs.exports)  # options are part of the cache key
     with pytest.raises(ValueError, match="takes no option"):
-        runner.BenchConfig(models=[MODEL], targets=["fakert"], export_options={"fakert": {"bogus": 1}})
+        matrix.BenchConfig(models=[MODEL], targets=["fakert"], export_options={"fakert": {"bogus": 1}})
 
 
 def test_target_precisions_and_torch_devices(tmp_path):
-    cfg = runner.BenchConfig(models=[MODEL], targets=["torch", "tensorrt", "coreml"], device="cuda",
+    cfg = matrix.BenchConfig(models=[MODEL], targets=["torch", "tensorrt", "coreml"], device="cuda",
                              precisions=["fp32", "torch:fp16", "torch:bf16", "tensorrt:int8"], batches=[1, 8],
                              stages=["full"], out=tmp_path)
-    rows, skipped = runner.plan(cfg, availability=lambda t: (True, ""))
+    rows, skipped = matrix.plan(cfg, availability=lambda t: (True, ""))
     planned = {(r.target, r.precision) for r in rows}
     assert planned == {("torch", "fp32"), ("torch", "fp16"), ("torch", "bf16"), ("tensorrt", "fp32"),
                        ("tensorrt", "int8"), ("coreml", "fp32")}
     assert not skipped
-    cpu = runner.BenchConfig(models=[MODEL], targets=["torch"], precisions=["fp16", "bf16"], out=tmp_path)
-    _, skipped = runner.plan(cpu, availability=lambda t: (True, ""))
+    cpu = matrix.BenchConfig(models=[MODEL], targets=["torch"], precisions=["fp16", "bf16"], out=tmp_path)
+    _, skipped = matrix.plan(cpu, availability=lambda t: (True, ""))
     assert [(s["target"], s["precision"]) for s in skipped] == [("torch", "fp16")]
     for bad in (["foo:fp16"], ["int4"]):
         with pytest.raises(ValueError, match="unknown precisions"):
-            runner.BenchConfig(models=[MODEL], precisions=bad)
+            matrix.BenchConfig(models=[MODEL], precisions=bad)
     with pytest.raises(ValueError, match="device"):
-        runner.BenchConfig(models=[MODEL], device="tpu")
+        matrix.BenchConfig(models=[MODEL], device="tpu")
 
 
 def test_backend_thread_option():
-    assert runner.backend_takes("onnxruntime", "threads") and runner.backend_takes("openvino", "threads")
-    assert not runner.backend_takes("tensorrt", "threads") and not runner.backend_takes("coreml", "threads")
-    assert not runner.backend_takes("no-such-backend", "threads")
+    assert matrix.backend_takes("onnxruntime", "threads") and matrix.backend_takes("openvino", "threads")
+    assert not matrix.backend_takes("tensorrt", "threads") and not matrix.backend_takes("coreml", "threads")
+    assert not matrix.backend_takes("no-such-backend", "threads")
 
 
 def test_time_budget_skips_the_rest(stubs, tmp_path, monkeypatch):
@@ -205,8 +205,8 @@ def test_time_budget_skips_the_rest(stubs, tmp_path, monkeypatch):
     def slow_worker(spec, *a):
         clock["t"] += 40.0
         return worker(spec, *a)
-    monkeypatch.setattr(runner, "_worker", slow_worker)
-    cfg = runner.BenchConfig(models=[MODEL, "farl-small-celebm"], targets=["onnx"], precisions=["fp32", "int8"],
+    monkeypatch.setattr(driver, "_worker", slow_worker)
+    cfg = matrix.BenchConfig(models=[MODEL, "farl-small-celebm"], targets=["onnx"], precisions=["fp32", "int8"],
                              batches=[1], stages=["full", "backbone", "head"], budget_s=100,
                              out=tmp_path / "out", log=lambda m: None)
     data = runner.run_bench(cfg)
@@ -247,7 +247,7 @@ def test_worker_runs_every_format_with_the_runtime_stubbed(tmp_path, monkeypatch
         art = tmp_path / target
         art.mkdir()
         (art / "manifest.json").write_text(json.dumps({"backend": fmt.backend, "build": {}}))
-        setting = runner.export_setting(target, "fp32")
+        setting = matrix.export_setting(target, "fp32")
         spec = {"target": target, "backend": fmt.backend, "precision": "fp32", "stage": "full", "batch": 2,
                 "threads": 1, "artifact": str(art), "runtime_options": setting.runtime_options,
                 "policy": {"warmup": 1, "min_iters": 2, "min_time": 0.0, "max_iters": 2, "max_time": 5.0},

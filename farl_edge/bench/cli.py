@@ -112,12 +112,12 @@ class BenchOptions:
 
     @classmethod
     def add_arguments(cls, parser) -> None:
-        from farl_edge.bench import runner
+        from farl_edge.bench.matrix import DEVICES
 
         for f in dataclasses.fields(cls):
             kw = dict(f.metadata["argparse"])
             if kw.get("choices") == "DEVICES":
-                kw["choices"] = runner.DEVICES
+                kw["choices"] = DEVICES
             text = f.metadata["help"]
             if text is not None:
                 kw["help"] = text.replace("{default}", str(f.metadata.get("default")))
@@ -205,7 +205,8 @@ def _ints(value: str, what: str) -> list[int]:
 
 
 def cmd_bench(args) -> int:
-    from farl_edge.bench.runner import STAGES, BenchConfig, known_targets, run_bench
+    from farl_edge.bench.matrix import STAGES, BenchConfig, known_targets
+    from farl_edge.bench.runner import run_bench
     from farl_edge.bench.timing import TimingPolicy
     from farl_edge.cli import UserError
     from farl_edge.registry import get_config
