@@ -4,11 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from export_fixtures import ALIGN, eval_dir, leftovers
+
+from farl_edge.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-from export_fixtures import ALIGN, eval_dir, leftovers
-from farl_edge.cli import main
 
 
 def _fails(capsys, argv, *needles):
@@ -95,6 +95,40 @@ def test_builder_crash_leaves_nothing(tmp_path, monkeypatch):
         export(ExportRequest(model=ALIGN, target="onnx", precision="fp32", output=tmp_path / "a",
                              eval_data=eval_dir(ALIGN), eval_size=2, pretrained=False, log=lambda m: None))
     assert leftovers(tmp_path) == []
+
+
+def junk_builder(job):
+    from farl_edge.export.formats import BuildResult
+
+    (job.folder / "model.onnx").write_bytes(b"not a model")
+    return BuildResult(model_file="model.onnx")
+
+
+def test_validation_crash_keeps_its_traceback(tmp_path, monkeypatch):
+    """An artifact that crashes the validation run fails validation; the manifest keeps the whole
+    traceback, not only the one-line error."""
+    import dataclasses
+    import json
+
+    import farl_edge.runtime as rt
+    from farl_edge.export import formats
+    from farl_edge.export.pipeline import export
+    from farl_edge.export.request import ExportRequest
+    from farl_edge.export.validate import ParityError
+
+    def crashing_load(*args, **kwargs):
+        raise RuntimeError("the runtime fell over")
+
+    fmt = dataclasses.replace(formats.FORMATS["onnx"], builder=f"{__name__}:junk_builder")
+    monkeypatch.setitem(formats.FORMATS, "onnx", fmt)
+    monkeypatch.setattr(rt, "load", crashing_load)
+    out = tmp_path / "a"
+    with pytest.raises(ParityError):
+        export(ExportRequest(model=ALIGN, target="onnx", precision="fp32", output=out, eval_data=eval_dir(ALIGN),
+                             eval_size=2, pretrained=False, keep_failed=True, log=lambda m: None))
+    validation = json.loads((out / "manifest.json").read_text())["validation"]
+    assert "RuntimeError: the runtime fell over" in validation["traceback"]
+    assert validation["traceback"].startswith("Traceback") and "crashing_load" in validation["traceback"]
 
 
 def test_every_recipe_is_valid_and_implemented():

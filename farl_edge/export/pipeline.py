@@ -16,9 +16,11 @@ import dataclasses
 import os
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from farl_edge.errors import UserError
 from farl_edge.export import manifest as mf
 from farl_edge.export.calibration import calibration_set, evaluation_set
 from farl_edge.export.config import TOLERANCES, export_config
@@ -26,9 +28,6 @@ from farl_edge.export.formats import FORMATS, BuildJob, get_format
 from farl_edge.export.request import ExportRequest
 from farl_edge.export.validate import ParityError, ParityReport, compare
 from farl_edge.registry import ModelConfig, weights_path
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
 
 @dataclass
 class ExportResult:
@@ -77,22 +76,22 @@ def resolve_model(model, checkpoint=None, pretrained: bool = True, input_size: i
 
 
 def check_request(request: ExportRequest):
-    """The format of ``request`` after the checks that need nothing but the request (ValueError)."""
+    """The format of ``request`` after the checks that need nothing but the request (UserError)."""
     target, precision = request.target, request.precision
     if not target:
-        raise ValueError("an export request needs a target (" + "|".join(FORMATS) + ")")
+        raise UserError("an export request needs a target (" + "|".join(FORMATS) + ")")
     fmt = get_format(target)
     fmt.check(precision, request.int8_mode if precision == "int8" else None)
     if request.max_drop is not None and not (target == "openvino" and precision == "int8"):
-        raise ValueError("--max-drop applies to openvino int8 (NNCF accuracy control) only")
+        raise UserError("--max-drop applies to openvino int8 (NNCF accuracy control) only")
     if request.tolerance is not None and request.tolerance not in TOLERANCES:
-        raise ValueError(f"unknown tolerance set {request.tolerance!r}")
+        raise UserError(f"unknown tolerance set {request.tolerance!r}")
     if request.calib_size < 1 or request.eval_size < 1:
-        raise ValueError("--calib-size and --eval-size must be >= 1")
+        raise UserError("--calib-size and --eval-size must be >= 1")
     unknown = sorted(set(request.options) - set(fmt.options))
     if unknown:
-        raise ValueError(f"target {target!r} takes no option {', '.join(unknown)}; its options: "
-                         f"{', '.join(fmt.options) or 'none'}")
+        raise UserError(f"target {target!r} takes no option {', '.join(unknown)}; its options: "
+                        f"{', '.join(fmt.options) or 'none'}")
     return fmt
 
 
@@ -103,7 +102,7 @@ def export(request: ExportRequest) -> ExportResult:
     e.g. ``{"compute_capability": "sm89", "max_batch": 16}`` for TensorRT or
     ``{"coreml_weights": "palettize6"}`` for Core ML.
 
-    Raises ValueError for bad requests (before anything is written), ParityError when the
+    Raises UserError (a ValueError) for bad requests (before anything is written), ParityError when the
     artifact fails validation (folder removed, or kept and marked failed with ``keep_failed``).
     """
     if not isinstance(request, ExportRequest):
@@ -118,9 +117,9 @@ def export(request: ExportRequest) -> ExportResult:
 
     can_run, why_not = backend_available(fmt.backend)
     if r.require_validation and not can_run:
-        raise ValueError(f"{target} artifacts cannot be validated on this machine ({why_not}); drop "
-                         f"--require-validation to publish it unvalidated and run `farl-edge validate` "
-                         f"on the target machine")
+        raise UserError(f"{target} artifacts cannot be validated on this machine ({why_not}); drop "
+                        f"--require-validation to publish it unvalidated and run `farl-edge validate` "
+                        f"on the target machine")
     net, weights = resolve_model(r.model, r.checkpoint, r.pretrained, r.input_size)
     cfg = net.cfg
     ecfg = export_config(cfg, batch=r.batch, **({"exporter": r.exporter} if r.exporter else {}))
@@ -187,15 +186,18 @@ def export(request: ExportRequest) -> ExportResult:
             return ExportResult(shown, manifest, None, time.time() - started)
         log(f"validating against PyTorch on {len(evaluation)} faces ({evaluation.source}), tolerance {tol_name}")
         t0 = time.time()
+        crash = None
         try:
             session = load(staging, allow_failed=True)
             manifest["runtime"]["session"] = session.info
             report = compare(TorchPredictor(net), session, evaluation.samples, tol, ecfg.output_names,
                              raise_on_fail=False)
-        except Exception as e:  # a crash of the artifact is a failed validation too
+        except Exception as e:  # noqa: BLE001 - a crash of the artifact is a failed validation too
             report = ParityReport(faces=len(evaluation), tolerance=tol.to_dict())
             report.add("names", "run", f"{type(e).__name__}: {e}"[:200], "no error", "==")
-        manifest["validation"] = {"tolerance_set": tol_name, "data": evaluation.describe(), **report.to_dict()}
+            crash = traceback.format_exc()  # the whole story, for whoever reads the manifest
+        manifest["validation"] = {"tolerance_set": tol_name, "data": evaluation.describe(), **report.to_dict(),
+                                  **({"traceback": crash} if crash else {})}
         timings.update(validate_s=round(time.time() - t0, 1), total_s=round(time.time() - started, 1))
         manifest["timings"] = timings
         if report.passed:
