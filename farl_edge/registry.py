@@ -10,6 +10,7 @@ Torch-free, so the runtime and the CLI's listing commands stay light.
 """
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field
@@ -73,7 +74,7 @@ class ConfigSection(dict):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         fields, types = {}, {}
-        for name, annotation in cls.__dict__.get("__annotations__", {}).items():
+        for name, annotation in inspect.get_annotations(cls).items():  # this class's own, as strings
             if annotation.startswith("ClassVar"):
                 continue
             fields[name] = cls.__dict__.get(name, _REQUIRED)
