@@ -394,6 +394,12 @@ def load_weights_into(model: nn.Module, path: str | Path, trust_torchscript: boo
 def _load_farl_edge(model: nn.Module, path: Path) -> LoadResult:
     tensors, metadata = _read_safetensors(path)
     card = _card_from_metadata(metadata, path)
+    if any(k.startswith("visual.") for k in tensors):
+        # Our pre-trained image-text model (e.g. farl-small-224) is in the official FaRL layout: it
+        # fills the image tower exactly as an official .pth does (strict, same ignore table).
+        result = load_official_image_tower(_image_tower(model), _strip_prefix(tensors), path)
+        result.card = card
+        return result
     cfg = getattr(model, "cfg", None)
     if card is not None and isinstance(cfg, ModelConfig):
         check_card_matches(card, cfg, path)
@@ -417,6 +423,26 @@ def load_clip_weights(model: nn.Module, path: str | Path) -> LoadResult:
     result = load_clip_state(model, state, path)
     result.format = fmt
     return result
+
+
+def mim_branch_shape(path: str | Path) -> tuple[int, int] | None:
+    """(lm_transformer depth, lm_head vocabulary) of a pre-training file's MIM branch, or None."""
+    path = Path(path)
+    kind = sniff_format(path)
+    if kind == "torchscript":
+        return None
+    if kind == "safetensors":
+        state, _ = _read_safetensors(path)
+    else:
+        state = _classify(_torch_load(path), path)[1]
+    state = _strip_prefix(state)
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"^visual\.lm_transformer\.resblocks\.(\d+)\.", k))}
+    head = state.get("visual.lm_head.weight")
+    if not blocks or head is None:
+        return None
+    if blocks != set(range(len(blocks))):
+        raise CheckpointError(f"{path}: MIM branch blocks are not numbered 0..{len(blocks) - 1}: {sorted(blocks)}")
+    return len(blocks), int(head.shape[0])
 
 
 def load_clip_state(model: nn.Module, state: dict, path: str | Path = "<state dict>") -> LoadResult:

@@ -15,18 +15,18 @@ from farl_edge.models.text import TextTransformer
 from farl_edge.models.vit import LayerNorm, Transformer, VisionTransformer
 from farl_edge.registry import ModelConfig
 
-MIM_LM_LAYERS = 1  # FaRL's extra "small transformer"; its depth was never published
+MIM_LM_LAYERS = 1  # default depth of FaRL's extra "small transformer" (never published): files say theirs
 
 
 class MaskedVisionTransformer(VisionTransformer):
     """Image tower plus FaRL's masked-image-modelling branch (training only)."""
 
-    def __init__(self, *args, mim_vocab_size: int = 8192, **kwargs):
+    def __init__(self, *args, mim_vocab_size: int = 8192, mim_layers: int = MIM_LM_LAYERS, **kwargs):
         super().__init__(*args, **kwargs)
         heads = self.transformer.resblocks[0].attn.heads
         # Shape (width,) as in FaRL's VisualTransformer, so official checkpoints load strictly.
         self.mask_token = nn.Parameter(torch.zeros(self.width))
-        self.lm_transformer = Transformer(self.width, MIM_LM_LAYERS, heads)
+        self.lm_transformer = Transformer(self.width, mim_layers, heads)
         self.ln_lm = LayerNorm(self.width)
         self.lm_head = nn.Linear(self.width, mim_vocab_size)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
@@ -38,7 +38,8 @@ class MaskedVisionTransformer(VisionTransformer):
 
 
 class FaRLClip(nn.Module):
-    def __init__(self, cfg: ModelConfig, mim: bool = False, mim_vocab_size: int = 8192, image_size: int | None = None):
+    def __init__(self, cfg: ModelConfig, mim: bool = False, mim_vocab_size: int = 8192, image_size: int | None = None,
+                 mim_layers: int = MIM_LM_LAYERS):
         super().__init__()
         if not cfg.text:
             raise ValueError(f"model {cfg.name!r} has no text tower; use a backbone config such as farl-b16-224")
@@ -46,7 +47,8 @@ class FaRLClip(nn.Module):
         embed_dim = v.output_dim
         vis_kwargs = dict(image_size=image_size or cfg.input_size, patch_size=v.patch_size, width=v.width,
                           layers=v.layers, heads=v.heads, output_dim=embed_dim)
-        self.visual = MaskedVisionTransformer(**vis_kwargs, mim_vocab_size=mim_vocab_size) if mim else VisionTransformer(**vis_kwargs)
+        self.visual = (MaskedVisionTransformer(**vis_kwargs, mim_vocab_size=mim_vocab_size, mim_layers=mim_layers)
+                       if mim else VisionTransformer(**vis_kwargs))
         text = TextTransformer(t.width, t.layers, t.heads, t.context_length, t.vocab_size, embed_dim)
         # CLIP keeps the text tower's parameters at the top level of the state dict.
         self.token_embedding = text.token_embedding

@@ -25,7 +25,24 @@ def create_model(name_or_cfg: str | ModelConfig, checkpoint: str | Path | None =
     return model.eval()
 
 
-def create_clip_model(name: str = "farl-b16-224", mim: bool = False, **kwargs):
+def create_clip_model(name: str = "farl-b16-224", mim: bool = False, checkpoint: str | Path | None = None, **kwargs):
+    """FaRL image-text model; with ``checkpoint`` its weights are loaded strictly.
+
+    With ``mim=True`` and a checkpoint, the MIM branch is sized from the file (depth of
+    ``visual.lm_transformer``, vocabulary of ``visual.lm_head``): FaRL never published them.
+    """
     from farl_edge.models.clip import FaRLClip
 
-    return FaRLClip(get_config(name), mim=mim, **kwargs)
+    if checkpoint is not None and mim:
+        from farl_edge.checkpoint import mim_branch_shape
+
+        shape = mim_branch_shape(checkpoint)
+        if shape is not None:
+            kwargs.setdefault("mim_layers", shape[0])
+            kwargs.setdefault("mim_vocab_size", shape[1])
+    model = FaRLClip(get_config(name), mim=mim, **kwargs)
+    if checkpoint is not None:
+        from farl_edge.checkpoint import load_clip_weights
+
+        load_clip_weights(model, checkpoint)
+    return model

@@ -104,17 +104,27 @@ class DenseHead(nn.Module):
         return self.conv_seg(self.dropout(self.decoder(self.adapter(feats))))
 
 
+# FaRL's heatmap2points (farl/network/geometry.py) divides by the heatmap mass clamped at 1e-6.
+HEATMAP_MASS_FLOOR = 1e-6
+
+
 def soft_argmax(heatmaps: torch.Tensor) -> torch.Tensor:
-    """Heatmap-weighted mean of pixel centres ((i+0.5)/size) → (B, K, 2) in [0, 1], x then y."""
+    """FaRL's heatmap decode → (B, K, 2) in [0, 1], x then y.
+
+    FaRL: ``Σ index · h / max(Σ h, 1e-6)`` in heatmap pixel indices. Ours is that plus 0.5 (pixel
+    i spans [i, i+1), so its centre is i + 0.5), divided by the heatmap size: exactly FaRL's
+    point + 0.5 px for every channel, also where the mass is below 1e-6.
+    """
     h, w = heatmaps.shape[-2:]
     weights = heatmaps.flatten(2)
-    weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-12)
-    ys = (torch.arange(h, device=heatmaps.device, dtype=heatmaps.dtype) + 0.5) / h
-    xs = (torch.arange(w, device=heatmaps.device, dtype=heatmaps.dtype) + 0.5) / w
+    mass = weights.sum(dim=-1, keepdim=True).clamp_min(HEATMAP_MASS_FLOOR)
+    ys = torch.arange(h, device=heatmaps.device, dtype=heatmaps.dtype)
+    xs = torch.arange(w, device=heatmaps.device, dtype=heatmaps.dtype)
     # One (h*w, 2) grid and one matmul: every exporter takes it (Core ML's converter rejects the
     # rank-1 right operand of a matrix-vector product).
     grid = torch.stack([xs.repeat(h), ys.repeat_interleave(w)], dim=-1)
-    return weights @ grid
+    size = torch.tensor([w, h], device=heatmaps.device, dtype=heatmaps.dtype)
+    return ((weights @ grid) / mass + 0.5) / size
 
 
 def build_head(cfg: HeadCfg | dict, width: int, num_outputs: int) -> nn.Module:
