@@ -181,11 +181,9 @@ def _optional_commands():
 # and typed model config work moves them to FarlEdgeError); a plain one raised anywhere else is a bug.
 _PLAIN_ERROR_MODULES = frozenset({
     "farl_edge.registry", "farl_edge.crops",
-    "farl_edge.export.cli", "farl_edge.export.pipeline", "farl_edge.export.formats", "farl_edge.export.request",
-    "farl_edge.export.config", "farl_edge.export.tensorrt_build", "farl_edge.export.tensorrt_prepare",
+    "farl_edge.export.config", "farl_edge.export.tensorrt_prepare",
     "farl_edge.export.coreml_export", "farl_edge.export.validate", "farl_edge.export.openvino_export",
     "farl_edge.export.onnx_export", "farl_edge.export.onnxruntime_quant",
-    "farl_edge.bench.cli", "farl_edge.bench.runner",
     "farl_edge.train.finetune", "farl_edge.train.task_data",
 })
 

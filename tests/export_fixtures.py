@@ -120,7 +120,8 @@ def assert_artifact_ok(path: Path, target: str, precision: str) -> dict:
 
 
 __all__ = ["ALIGN", "PARSE", "CALIB_SIZE", "EVAL_SIZE", "SHARED_DATA", "has_weights", "eval_dir", "calib_dir",
-           "export_args", "run_export", "fallback_checkpoint", "read_manifest", "leftovers", "assert_artifact_ok", "weight_args", "pytest", "reuse_torch_export", "torch_export_cache"]
+           "export_args", "run_export", "fallback_checkpoint", "read_manifest", "leftovers", "assert_artifact_ok",
+           "weight_args", "pytest", "reuse_torch_export", "torch_export_cache"]
 
 
 # ---------------------------------------------------------------- one torch.onnx export per model

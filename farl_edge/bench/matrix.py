@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from farl_edge.bench.timing import TimingPolicy
+from farl_edge.errors import UserError
 
 ALL_PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # plus any other precision of the formats table
 STAGES = ("full", "backbone", "head")
@@ -111,6 +112,8 @@ def backend_takes(backend: str, option: str) -> bool:
 
 @dataclass
 class BenchConfig:
+    """One bench run's settings; a setting that cannot work raises UserError (a ValueError)."""
+
     models: list[str]
     targets: list[str] = field(default_factory=lambda: ["torch", "onnx", "openvino"])
     # precisions for every target; "TARGET:PRECISION" items apply to that target only
@@ -146,36 +149,36 @@ class BenchConfig:
         targets, precisions = known_targets(), known_precisions()
         bad = [t for t in self.targets if t not in targets]
         if bad:
-            raise ValueError(f"unknown targets {bad}; known: {', '.join(targets)}")
+            raise UserError(f"unknown targets {bad}; known: {', '.join(targets)}")
         bad = [p for p in self.precisions if p.rpartition(":")[2] not in precisions
                or (":" in p and p.rpartition(":")[0] not in targets)]
         if bad:
-            raise ValueError(f"unknown precisions {bad}; known: {', '.join(precisions)} "
-                             f"(optionally as TARGET:PRECISION, targets {', '.join(targets)})")
+            raise UserError(f"unknown precisions {bad}; known: {', '.join(precisions)} "
+                            f"(optionally as TARGET:PRECISION, targets {', '.join(targets)})")
         bad = [s for s in self.stages if s not in STAGES]
         if bad or "full" not in self.stages:
-            raise ValueError(f"stages must include 'full' and be among {STAGES}, not {self.stages}")
+            raise UserError(f"stages must include 'full' and be among {STAGES}, not {self.stages}")
         if not self.batches or any(int(b) < 1 for b in self.batches):
-            raise ValueError("batch sizes must be >= 1")
+            raise UserError("batch sizes must be >= 1")
         self.batches = sorted({int(b) for b in self.batches})
         modes = sorted({m for f in FORMATS.values() for m in f.int8_modes})
         if self.onnx_int8_mode not in modes:
-            raise ValueError(f"int8 mode must be one of {', '.join(modes)}, not {self.onnx_int8_mode!r}")
+            raise UserError(f"int8 mode must be one of {', '.join(modes)}, not {self.onnx_int8_mode!r}")
         for target, opts in self.export_options.items():
             if target not in FORMATS:
-                raise ValueError(f"export options for unknown target {target!r}; known: {', '.join(FORMATS)}")
+                raise UserError(f"export options for unknown target {target!r}; known: {', '.join(FORMATS)}")
             unknown = sorted(set(opts) - set(FORMATS[target].options))
             if unknown:
-                raise ValueError(f"target {target!r} takes no option {', '.join(unknown)}; its options: "
-                                 f"{', '.join(FORMATS[target].options) or 'none'}")
+                raise UserError(f"target {target!r} takes no option {', '.join(unknown)}; its options: "
+                                f"{', '.join(FORMATS[target].options) or 'none'}")
         if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+            raise UserError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.budget_s is not None and self.budget_s <= 0:
-            raise ValueError("the time budget must be > 0 seconds")
+            raise UserError("the time budget must be > 0 seconds")
         if self.checkpoint and len(self.models) != 1:
-            raise ValueError("--checkpoint applies to one model only")
+            raise UserError("--checkpoint applies to one model only")
         if self.eval_limit < 0 or self.calib_size < 1:
-            raise ValueError("--eval-limit must be >= 0 and the calibration size >= 1")
+            raise UserError("--eval-limit must be >= 0 and the calibration size >= 1")
         self.out = Path(self.out)
         self.cache = Path(self.cache) if self.cache else self.out / "cache"
         self.data_root = Path(self.data_root) if self.data_root else None

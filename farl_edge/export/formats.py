@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from farl_edge.errors import UserError
+
 
 @dataclass(frozen=True)
 class BuilderOption:
@@ -55,17 +57,17 @@ class Format:
         return getattr(importlib.import_module(module), func)
 
     def check(self, precision: str, int8_mode: str | None = None) -> None:
-        """ValueError (a user error) when this format cannot do what was asked here."""
+        """UserError when this format cannot do what was asked here."""
         if precision not in self.precisions:
-            raise ValueError(f"target {self.target!r} supports precisions {', '.join(self.precisions)}, "
-                             f"not {precision!r}")
+            raise UserError(f"target {self.target!r} supports precisions {', '.join(self.precisions)}, "
+                            f"not {precision!r}")
         if precision == "int8" and int8_mode and int8_mode not in self.int8_modes:
-            raise ValueError(f"target {self.target!r} supports --int8-mode {', '.join(self.int8_modes)}, "
-                             f"not {int8_mode!r}")
+            raise UserError(f"target {self.target!r} supports --int8-mode {', '.join(self.int8_modes)}, "
+                            f"not {int8_mode!r}")
         missing = self.missing()
         if missing:
-            raise ValueError(f"target {self.target!r} needs {', '.join(missing)}: "
-                             f"pip install 'farl-edge[{self.extra}]'")
+            raise UserError(f"target {self.target!r} needs {', '.join(missing)}: "
+                            f"pip install 'farl-edge[{self.extra}]'")
 
 
 @dataclass
@@ -133,7 +135,7 @@ def register_format(fmt: Format, replace: bool = False) -> Format:
 
 def get_format(target: str) -> Format:
     if target not in FORMATS:
-        raise ValueError(f"unknown export target {target!r}; known targets: {', '.join(FORMATS)}")
+        raise UserError(f"unknown export target {target!r}; known targets: {', '.join(FORMATS)}")
     return FORMATS[target]
 
 
@@ -152,8 +154,9 @@ register_format(Format(
 ))
 TRT_OPTIONS = ("compute_capability", "max_batch", "opt_batch", "timing_cache", "builder_optimization_level",
                "workspace_mb")
-# TensorRT / Core ML (issue 6). notes: build_needs / run_needs (hardware, for `farl-edge formats`),
-# build_check ("module:function" → (ok, reason): what besides the modules this machine lacks).
+# The GPU and Apple formats: TensorRT, TensorRT for RTX, Core ML. notes: build_needs / run_needs (hardware,
+# for `farl-edge formats`), build_check ("module:function" → (ok, reason): what besides the modules this
+# machine lacks).
 register_format(Format(
     target="tensorrt", precisions=("fp32", "fp16", "int8"), builder="farl_edge.export.tensorrt_build:build_tensorrt",
     backend="tensorrt", extra="tensorrt", requires=("torch", "onnx", "onnxruntime", "tensorrt"),

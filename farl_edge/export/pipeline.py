@@ -55,7 +55,10 @@ def resolve_model(model, checkpoint=None, pretrained: bool = True, input_size: i
         if isinstance(model, str) and model.endswith(".safetensors") and Path(model).is_file():
             from farl_edge.checkpoint import read_card
 
-            checkpoint, name = model, read_card(model)["model"]
+            card = read_card(model)
+            if "model" not in card:
+                raise UserError(f"{model}: its model card names no model (key 'model')")
+            checkpoint, name = model, card["model"]
         net = create_model(name, checkpoint=checkpoint, pretrained=pretrained, trust_torchscript=trust_torchscript)
         cfg = net.cfg
         if checkpoint:

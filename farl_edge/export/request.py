@@ -20,21 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from farl_edge.errors import UserError
 from farl_edge.export.formats import BUILDER_OPTIONS, FORMATS, option_groups
 
 RECIPE_INFO_KEYS = ("description", "notes")  # read by people, recorded in the manifest, not settings
 
 
 def parse_batch(value) -> int | None:
-    """``1`` / ``"8"`` → 8; ``"dynamic"`` / None → None (dynamic batch). ValueError otherwise."""
+    """``1`` / ``"8"`` → 8; ``"dynamic"`` / None → None (dynamic batch). UserError otherwise."""
     if value is None or str(value) == "dynamic":
         return None
     try:
         b = int(value)
     except ValueError:
-        raise ValueError(f"--batch must be a positive integer or 'dynamic', not {value!r}") from None
+        raise UserError(f"--batch must be a positive integer or 'dynamic', not {value!r}") from None
     if b < 1:
-        raise ValueError(f"--batch must be a positive integer or 'dynamic', not {value!r}")
+        raise UserError(f"--batch must be a positive integer or 'dynamic', not {value!r}")
     return b
 
 
@@ -132,7 +133,7 @@ class ExportRequest:
             elif key in BUILDER_OPTIONS:
                 options[key] = value
             else:
-                raise ValueError(f"unknown export setting {key!r}")
+                raise UserError(f"unknown export setting {key!r}")
         return dataclasses.replace(self, **changes, options={k: v for k, v in options.items() if v is not None})
 
     @classmethod

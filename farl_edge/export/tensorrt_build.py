@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from farl_edge.runtime.backends.tensorrt_backend import (FLAVOURS, EngineError, cuda_devices, normalize_cc,
-                                                         read_engine, write_engine)
+from farl_edge.errors import UserError
+from farl_edge.runtime.backends.tensorrt_backend import FLAVOURS, EngineError, cuda_devices, normalize_cc, write_engine
 
 ENGINE_FILE = "model.engine"
 ONNX_FILE = "model.onnx"
@@ -45,8 +45,8 @@ TRT_INT8_OP_TYPES = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 DEFAULT_MAX_BATCH = 16
 
 
-class FlavourUnavailable(ValueError):
-    """The TensorRT flavour cannot build here (not installed, or needs a GPU)."""
+class FlavourUnavailable(UserError):
+    """The TensorRT flavour cannot build here (not installed, or needs a GPU); a ValueError too."""
 
 
 @dataclass
@@ -84,7 +84,7 @@ class Flavour:
 
     def resolve_ccs(self, requested: Sequence[str] | str | None,
                     precision: str | None = None) -> tuple[list[str], list[str]]:
-        """(compute capabilities to build for, GPUs seen). Raises FlavourUnavailable / ValueError.
+        """(compute capabilities to build for, GPUs seen). Raises FlavourUnavailable / UserError.
 
         Default without a GPU: every compute capability the library knows, except Turing (sm75)
         for fp32 — TensorRT for RTX 1.7 cannot compile fp32 GEMMs for it (measured: "FP32 GEMM is
@@ -102,7 +102,7 @@ class Flavour:
                     f"on a CPU-only machine use --target tensorrt-rtx, which builds ahead of time")
             other = [c for c in wanted if c not in ("current", here[0])]
             if other:
-                raise ValueError(f"{self.name} builds for the GPU it runs on ({here[0]}), not {', '.join(other)}; "
+                raise UserError(f"{self.name} builds for the GPU it runs on ({here[0]}), not {', '.join(other)}; "
                                  f"build on such a GPU or use --target tensorrt-rtx")
             return [here[0]], here
         supported = self.supported_ccs()
@@ -112,11 +112,11 @@ class Flavour:
         for cc in wanted:
             if cc == "current":
                 if not gpus:
-                    raise ValueError("--compute-capability current needs an NVIDIA GPU here; name the target GPU's "
+                    raise UserError("--compute-capability current needs an NVIDIA GPU here; name the target GPU's "
                                      f"({', '.join(supported)})")
                 cc = here[0]
             if cc not in supported:
-                raise ValueError(f"{self.name} {self.version} builds for compute capabilities "
+                raise UserError(f"{self.name} {self.version} builds for compute capabilities "
                                  f"{', '.join(supported)}, not {cc}")
             if cc not in out:
                 out.append(cc)
@@ -260,7 +260,7 @@ def build_engine(build: EngineBuild) -> dict:
             max_batch = int(b.max_batch)
             opt = int(b.opt_batch or min(8, max_batch))
             if not 1 <= opt <= max_batch:
-                raise ValueError(f"batch profile needs 1 <= opt ({opt}) <= max ({max_batch})")
+                raise UserError(f"batch profile needs 1 <= opt ({opt}) <= max ({max_batch})")
             profile = builder.create_optimization_profile()
             rest = tuple(shape[1:])
             profile.set_shape(inp.name, (1, *rest), (opt, *rest), (max_batch, *rest))
@@ -358,9 +358,7 @@ def _export_onnx(job, dst: Path) -> dict:
     exporter = job.options.get("exporter") or job.export_cfg.exporter
     onnx_export.torch2onnx(job.model, raw, job.export_cfg, exporter)
     model = onnx.load(str(raw))
-    fix = getattr(onnx_export, "fix_batch", None)
-    if fix is not None:
-        fix(model, job.export_cfg.batch)
+    onnx_export.fix_batch(model, job.export_cfg.batch)
     onnx_export.save_onnx(model, dst)
     return {"exporter": exporter, **onnx_export.graph_stats(dst)}
 
@@ -449,11 +447,5 @@ def can_build_rtx_here() -> tuple[bool, str]:
     return True, ""
 
 
-def inspect_engine(path: Path) -> dict:
-    """The header of an engine file, its size check included (EngineError when corrupt)."""
-    header, engine = read_engine(path)
-    return {**header, "file_bytes": Path(path).stat().st_size}
-
-
 __all__ = ["Flavour", "FlavourUnavailable", "EngineError", "EngineBuild", "load_flavour", "build_engine",
-           "build_tensorrt", "build_tensorrt_rtx", "check_prepared_onnx", "inspect_engine"]
+           "build_tensorrt", "build_tensorrt_rtx", "check_prepared_onnx"]
