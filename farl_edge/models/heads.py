@@ -118,8 +118,10 @@ def soft_argmax(heatmaps: torch.Tensor) -> torch.Tensor:
     h, w = heatmaps.shape[-2:]
     weights = heatmaps.flatten(2)
     mass = weights.sum(dim=-1, keepdim=True).clamp_min(HEATMAP_MASS_FLOOR)
-    ys = torch.arange(h, device=heatmaps.device, dtype=heatmaps.dtype)
-    xs = torch.arange(w, device=heatmaps.device, dtype=heatmaps.dtype)
+    # The explicit casts are not no-ops for Core ML: its converter makes an arange int32 whatever
+    # dtype it was given, and then refuses the matmul of fp32 weights with an int32 grid.
+    ys = torch.arange(h, device=heatmaps.device).to(heatmaps.dtype)
+    xs = torch.arange(w, device=heatmaps.device).to(heatmaps.dtype)
     # One (h*w, 2) grid and one matmul: every exporter takes it (Core ML's converter rejects the
     # rank-1 right operand of a matrix-vector product).
     grid = torch.stack([xs.repeat(h), ys.repeat_interleave(w)], dim=-1)
