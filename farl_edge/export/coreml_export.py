@@ -27,15 +27,14 @@ the op list); parity runs on macOS (``farl_edge.runtime.backends.coreml_backend`
 from __future__ import annotations
 
 import collections
-import contextlib
-import io
 import json
-import logging
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
+
+from farl_edge.utils import package_version
+from farl_edge.utils import quiet as _quiet
 
 PACKAGE = "model.mlpackage"
 INPUT = "image"  # Core ML image input (apps feed CVPixelBuffers); the manifest's input name maps to it
@@ -49,18 +48,9 @@ ACTIVATION_QUANT_OPS = ("quantize", "dequantize")
 WEIGHT_MODES = ("linear8", "palettize8", "palettize6", "palettize4")
 
 
-@contextlib.contextmanager
 def quiet():
-    """coremltools prints progress bars and version warnings; keep the export log readable."""
-    level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.getLogger().setLevel(level)
+    """coremltools prints progress bars (stderr) and version warnings; keep the export log readable."""
+    return _quiet(stderr=True)
 
 
 def import_coremltools():
@@ -102,12 +92,7 @@ def _metadata(ct_model, cfg, precision: str, target: str, details: dict) -> None
 
 
 def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("farl-edge")
-    except metadata.PackageNotFoundError:
-        return "0"
+    return package_version("farl-edge", "0")
 
 
 def convert(model, precision: str = "fp16", *, output_names=None, target: str | None = None):
