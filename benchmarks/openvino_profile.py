@@ -13,6 +13,10 @@ Usage::
     python benchmarks/openvino_profile.py ART_DIR[:f32|bf16|default] ... [--iters 5] [--threads 2]
         [--config KEY=VALUE ...] [--json out.json] [--md out.md]
 
+``--floor`` adds the op-class table: profiled time of the GEMMs (FullyConnected), attention
+matmuls (MatMul / ScaledDotProductAttention), convolutions and everything else, each against the
+model's measured floor for that class (``farl_edge.bench.floor``: its own shapes timed alone here).
+
 ``--md`` writes the whole report: the command, the heaviest node (ms, share, and for a convolution
 its GMACs, TMAC/s and share of this CPU's peak) and every table; nothing in it is written by hand.
 """
@@ -38,6 +42,37 @@ def kernel_precision(exec_type: str) -> str:
         if re.search(rf"(^|_){tag}($|_)", t):
             return name
     return "other"
+
+
+# OpenVINO CPU node types → the op classes of farl_edge.bench.floor
+OP_CLASS = {"FullyConnected": "gemm", "MatMul": "attention", "ScaledDotProductAttention": "attention",
+            "Convolution": "conv", "GroupConvolution": "conv"}
+PRECISION_OF_HINT = {"f32": "fp32", "bf16": "bf16"}
+
+
+def op_class_table(result: dict, artifact: Path, threads: int) -> list[dict]:
+    """Per op class: profiled ms vs the measured floor of the artifact's model at its compute precision."""
+    from farl_edge.bench.floor import collect_op_shapes, measured_floor, measure_throughput
+    from farl_edge.models import create_model
+    from farl_edge.registry import ModelConfig
+
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    cfg = ModelConfig.from_dict(manifest["model"])
+    counts = collect_op_shapes(create_model(cfg, pretrained=False), int(manifest["input_size"]))
+    row_precision = "int8" if manifest["precision"] == "int8" else PRECISION_OF_HINT.get(
+        result["precision_used"].lower().replace("<type: '", "").rstrip("'>"), "fp32")
+    floor = measured_floor(counts, row_precision, lambda shape, prec: measure_throughput(shape, prec, threads))
+    profiled = collections.Counter()
+    for node_type, ms in result["by_type"].items():
+        profiled[OP_CLASS.get(node_type, "other")] += ms
+    rows = []
+    for c in ("gemm", "attention", "conv", "other"):
+        fl = floor.per_class_ms.get(c)
+        rows.append({"op_class": c, "profiled_ms": profiled.get(c, 0.0), "measured_floor_ms": fl,
+                     "x_floor": profiled.get(c, 0.0) / fl if fl else None,
+                     "kernel_tmacs": floor.kernel_throughput.get(c)})
+    result["floor_precision"] = floor.precision
+    return rows
 
 
 def profile(artifact: Path, precision: str, iters: int, threads: int, extra: dict, inputs: np.ndarray | None):
@@ -153,6 +188,15 @@ def markdown(results: list[dict]) -> str:
         lines += ["", "| layer type | kernel | ms | % |", "| --- | --- | --- | --- |"]
         lines += [f"| {k['type']} | {k['kernel']} | {k['ms']:.1f} | {100 * k['ms'] / tot:.1f} |"
                   for k in r["by_kernel"][:20]]
+        if r.get("op_classes"):
+            lines += ["", f"Op classes against the measured floor ({r['floor_precision']} kernels, this CPU):", "",
+                      "| op class | profiled ms | measured floor ms | × floor | kernel TMAC/s |",
+                      "| --- | --- | --- | --- | --- |"]
+            for c in r["op_classes"]:
+                fl = "–" if c["measured_floor_ms"] is None else f"{c['measured_floor_ms']:.2f}"
+                x = "–" if c["x_floor"] is None else f"{c['x_floor']:.2f}"
+                k = "–" if c["kernel_tmacs"] is None else f"{c['kernel_tmacs']:.3f}"
+                lines.append(f"| {c['op_class']} | {c['profiled_ms']:.2f} | {fl} | {x} | {k} |")
         lines += ["", "Top nodes:", "", "| node | type | kernel | ms |", "| --- | --- | --- | --- |"]
         lines += [f"| {n['node'][:70]} | {n['type']} | {n['kernel']} | {n['ms']:.1f} |" for n in r["top_nodes"][:10]]
         lines.append("")
@@ -166,6 +210,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--inputs", help=".npy of (N, 3, S, S) face crops (the bench cache's inputs/*-timing-*.npy)")
     p.add_argument("--config", action="append", default=[], help="extra compile property KEY=VALUE")
+    p.add_argument("--floor", action="store_true", help="add the op-class table against the measured floor")
     p.add_argument("--json")
     p.add_argument("--md")
     args = p.parse_args(argv)
@@ -179,6 +224,8 @@ def main(argv=None) -> int:
             prec = json.loads((path / "manifest.json").read_text()).get("runtime", {}).get("options", {}).get(
                 "inference_precision") or "default"
         results.append(profile(path, prec, args.iters, args.threads, extra, inputs))
+        if args.floor:
+            results[-1]["op_classes"] = op_class_table(results[-1], path, args.threads)
         print(markdown(results[-1:]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -4,7 +4,8 @@ as fast as this CPU's kernels run that same shape alone.
 1. ``collect_op_shapes``: one forward under a dispatch mode records every matrix op with its
    shape: ``gemm`` (``mm``/``addmm``: the ViT's qkv / proj / fc1 / fc2, 1×1 work), ``attention``
    (``bmm``: q·kᵀ and attention·v), ``conv`` (``convolution``: the head).
-2. ``measure_throughput``: each distinct shape as a single-op OpenVINO graph, at the row's
+2. ``measure_throughput``: each distinct shape as a single-op OpenVINO graph (small shapes as up to
+   32 independent copies, so a call's fixed cost is not charged to a few MMACs), at the row's
    precision (int8: FakeQuantize on both operands, which the CPU plugin runs in its int8 kernels;
    bf16 / f32: the inference-precision hint), timed after warm-up; TMAC/s = MACs / median time.
 3. ``measured_floor_ms`` = Σ over shapes of calls × MACs ÷ that shape's throughput;
@@ -81,8 +82,19 @@ def collect_op_shapes(model, input_size: int, batch: int = 1) -> dict[OpShape, i
     return counts
 
 
-def _single_op_model(shape: OpShape, precision: str):
-    """An OpenVINO model holding the one op (weights constant where the model's are)."""
+# Small ops are timed as independent copies in one graph, so one call's fixed cost (tens of µs)
+# is shared by the copies instead of counted against a few MMACs.
+MIN_GRAPH_MACS = 50e6
+MAX_COPIES = 32
+
+
+def copies_for(shape: OpShape) -> int:
+    return int(min(MAX_COPIES, max(1, -(-MIN_GRAPH_MACS // shape.macs))))
+
+
+def _single_op_model(shape: OpShape, precision: str, copies: int = 1):
+    """An OpenVINO model holding ``copies`` independent copies of the op (weights constant where the
+    model's are; each copy its own weights, so nothing is shared or folded)."""
     import numpy as np
     import openvino as ov
     import openvino.opset13 as ops
@@ -102,29 +114,34 @@ def _single_op_model(shape: OpShape, precision: str):
         return ops.fake_quantize(node, c(0.0), c(2.55), c(0.0), c(2.55), 256)
 
     d = shape.dims
+    outs = []
     if shape.op_class == "gemm":
         m, k, n = d
         x = ops.parameter([m, k], ov.Type.f32, name="x")
-        w = ops.constant(rng.uniform(-1, 1, (n, k)).astype(np.float32))  # (out, in) as nn.Linear
-        out = ops.matmul(fq(x), fq(w, weights=True), False, True)
+        for _ in range(copies):
+            w = ops.constant(rng.uniform(-1, 1, (n, k)).astype(np.float32))  # (out, in) as nn.Linear
+            outs.append(ops.matmul(fq(x), fq(w, weights=True), False, True))
         params = [x]
     elif shape.op_class == "attention":
         b, m, k, n = d
-        x = ops.parameter([b, m, k], ov.Type.f32, name="x")
-        y = ops.parameter([b, k, n], ov.Type.f32, name="y")
-        out = ops.matmul(fq(x), fq(y), False, False)
-        params = [x, y]
+        params = []
+        for i in range(copies):
+            x = ops.parameter([b, m, k], ov.Type.f32, name=f"x{i}")
+            y = ops.parameter([b, k, n], ov.Type.f32, name=f"y{i}")
+            outs.append(ops.matmul(fq(x), fq(y), False, False))
+            params += [x, y]
     else:
         nb, cin, h, w_, cout, kh, kw, sh, sw, ph, pw, g = d
         x = ops.parameter([nb, cin, h, w_], ov.Type.f32, name="x")
-        if g == 1:
-            wt = ops.constant(rng.uniform(-1, 1, (cout, cin, kh, kw)).astype(np.float32))
-            out = ops.convolution(fq(x), fq(wt, weights=True), [sh, sw], [ph, pw], [ph, pw], [1, 1])
-        else:
-            wt = ops.constant(rng.uniform(-1, 1, (g, cout // g, cin // g, kh, kw)).astype(np.float32))
-            out = ops.group_convolution(fq(x), fq(wt, weights=True), [sh, sw], [ph, pw], [ph, pw], [1, 1])
+        for _ in range(copies):
+            if g == 1:
+                wt = ops.constant(rng.uniform(-1, 1, (cout, cin, kh, kw)).astype(np.float32))
+                outs.append(ops.convolution(fq(x), fq(wt, weights=True), [sh, sw], [ph, pw], [ph, pw], [1, 1]))
+            else:
+                wt = ops.constant(rng.uniform(-1, 1, (g, cout // g, cin // g, kh, kw)).astype(np.float32))
+                outs.append(ops.group_convolution(fq(x), fq(wt, weights=True), [sh, sw], [ph, pw], [ph, pw], [1, 1]))
         params = [x]
-    return ov.Model([out], params, f"{shape.op_class}-{'x'.join(map(str, d))}")
+    return ov.Model(outs, params, f"{shape.op_class}-{'x'.join(map(str, d))}-x{copies}")
 
 
 def measure_throughput(shape: OpShape, precision: str, threads: int, *, min_time_s: float = 0.3,
@@ -135,7 +152,8 @@ def measure_throughput(shape: OpShape, precision: str, threads: int, *, min_time
 
     core = ov.Core()
     hint = {"int8": "f32", "f32": "f32", "bf16": "bf16"}[precision]  # int8 comes from the FakeQuantize
-    compiled = core.compile_model(_single_op_model(shape, precision), "CPU",
+    copies = copies_for(shape)
+    compiled = core.compile_model(_single_op_model(shape, precision, copies), "CPU",
                                   {"INFERENCE_NUM_THREADS": int(threads), "INFERENCE_PRECISION_HINT": hint,
                                    "PERFORMANCE_HINT": "LATENCY"})
     rng = np.random.default_rng(1)
@@ -148,7 +166,7 @@ def measure_throughput(shape: OpShape, precision: str, threads: int, *, min_time
         t0 = time.perf_counter()
         request.infer(inputs)
         times.append(time.perf_counter() - t0)
-    return shape.macs / statistics.median(times) / 1e12
+    return copies * shape.macs / statistics.median(times) / 1e12
 
 
 @dataclass
