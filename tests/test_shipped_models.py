@@ -12,7 +12,7 @@ from farl_edge.models.predictor import TorchPredictor
 from farl_edge.registry import get_config, list_models, weights_path
 from conftest import shared_data
 
-SHIPPED = [n for n in list_models() if get_config(n).weights]
+SHIPPED = [n for n in list_models() if get_config(n).weights and get_config(n).task != "backbone"]
 DATA = {"300w": ("300w", "test-helen"), "celebamask-hq": ("celebamask-hq", "val")}
 
 
@@ -38,3 +38,17 @@ def test_shipped_model_reproduces_reference_metric(name):
     key = "nme_io" if "nme_io" in ref else "f1_mean"
     # pinned to the card's own number (same faces, same code path): a change here is a regression
     assert got[key] == pytest.approx(ref[key], abs=0.02)
+
+
+def test_pretrained_backbone_card_says_how_it_was_made():
+    """farl-small-224: image + text towers pre-trained here; the card discloses generated captions."""
+    path = weights_path(get_config("farl-small-224"))
+    if path is None:
+        pytest.skip("farl-small-224 weights are not shipped in this build")
+    card = read_card(path)
+    pre = card["pretraining"]
+    assert card["model"] == "farl-small-224" and card["dtype"] == "float16" and "non-commercial" in card["license"]
+    assert pre["steps"] > 0 and "generated from each face's own annotations" in pre["captions"]
+    assert pre["data"]["captioned"] < pre["data"]["samples"] and pre["losses"]["last_100_steps"]["loss"] > 0
+    model = create_model("farl-small-224")  # loads by name, image tower only
+    assert model.cfg.task == "backbone"

@@ -36,6 +36,11 @@ def _losses(log: Path, window: int = 100) -> dict:
             for which, part in (("first", first), ("last", last))}
 
 
+def _last_time(log: Path) -> float | None:
+    rows = list(csv.DictReader(log.open())) if log.exists() else []
+    return float(rows[-1]["time_s"]) if rows else None
+
+
 def main(argv=None) -> int:
     from farl_edge.checkpoint import card_from_config, load_clip_weights, save_checkpoint
     from farl_edge.models.factory import create_clip_model
@@ -72,7 +77,8 @@ def main(argv=None) -> int:
         "data": ({k: shards[k] for k in ("samples", "captioned", "sources", "seed")} if shards else
                  "LFW + 300-W train + CelebAMask-HQ train images (train/make_pretrain_shards.py)"),
         "steps": meta.get("step"), "batch_size": config.get("batch_size"), "lr": config.get("lr"),
-        "train_seconds": result.get("train_seconds"), "hardware": "1 CPU thread (2-core AMD EPYC VM)",
+        "train_seconds": result.get("train_seconds") or _last_time(args.run / "train_log.csv"),
+        "planned_steps": config.get("total_steps"), "hardware": "1 CPU thread (2-core AMD EPYC VM)",
         "losses": _losses(args.run / "train_log.csv"),
         "recipe": "train/configs/pretrain-small.json",
         "reproduce": ["python train/make_pretrain_shards.py --output shards/faces --lfw ../shared/data/lfw/images "
@@ -81,7 +87,7 @@ def main(argv=None) -> int:
                       "--shards 'shards/faces/{000000..000011}.tar'",
                       f"python train/ship_pretrained.py {args.run} --shards-manifest shards/faces/manifest.json"],
     }
-    card["data_terms"] = DATA_TERMS
+    card["license"] = DATA_TERMS
     out = args.output or WEIGHTS / f"{name}.safetensors"
     save_checkpoint(clip, out, card=card, dtype=torch.float16)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) from {ckpt} (step {meta.get('step')})")
