@@ -252,8 +252,7 @@ def test_shipped_farl_small_224_feeds_the_finetune_recipes():
     from farl_edge.registry import get_config, weights_path
 
     path = weights_path(get_config("farl-small-224"))
-    if path is None:
-        pytest.skip("farl-small-224 weights are not shipped in this build")
+    assert path is not None, "farl-small-224 is registered with weights but the file is not shipped"
     for name in ("farl-small-300w", "farl-small-celebm"):
         model = create_model(name, checkpoint=path, pretrained=False)
         assert torch.isfinite(next(model.backbone.parameters())).all()
