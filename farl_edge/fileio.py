@@ -126,7 +126,7 @@ def creatable_in(path: str | Path, what: str) -> Path:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        raise UserError(f"{what}: {probe} is not a folder")
+        raise UserError(f"{what}: {probe} is not a folder: it is a file")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"{what}: {probe} is not writable")
     return probe

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from farl_edge.fileio import creatable_in
 from farl_edge.utils import IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -154,14 +155,8 @@ def _check_outputs(jobs: list[tuple[Path, Path | None]], force: bool) -> None:
         if existing:
             more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
             raise _user_error(f"{existing[0]} exists{more}; pass --force to overwrite, or choose another --output")
-    for _, dst in jobs:
-        if dst is None:
-            continue
-        probe = dst.parent
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if not probe.is_dir():
-            raise _user_error(f"cannot write {dst}: {probe} is a file, not a folder")
+    for dst in {dst.parent / "x": dst for _, dst in jobs if dst is not None}.values():  # one check per folder
+        creatable_in(dst, f"cannot write {dst}")
 
 
 def _write_image(dst: Path, image) -> None:
