@@ -115,6 +115,11 @@ def cmd_eval(args) -> int:
         raise UserError(f"--model {model} is a folder without manifest.json: not an exported artifact "
                         f"(export one with `farl-edge export`, or pass a registry name from `farl-edge models`)")
     predictor = load_predictor(args.model, args.checkpoint, args.trust_torchscript)
+    if args.protocol:
+        if not hasattr(predictor, "model"):
+            raise UserError("--protocol applies to PyTorch models; an exported artifact keeps the protocol it was "
+                            "exported with (re-export with `farl-edge export --protocol`)")
+        predictor.model.cfg = predictor.model.cfg.with_protocol(args.protocol)
     samples = open_dataset(data, args.format, strict=not args.skip_bad)
     metrics = evaluate(predictor, samples, batch_size=args.batch_size, limit=args.limit)
     metrics = {"model": predictor.config.name, "data": str(data), **metrics}
@@ -156,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=positive_int, help="first N faces only")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed samples (listed) instead of stopping")
     p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--protocol", choices=["farl", "direct"],
+                   help="preprocessing protocol: farl (512 crop resized to the network in the model: FaRL's numbers) "
+                        "or direct (crop at the network size: the edge path); default: the model's own")
     p.set_defaults(func=cmd_eval)
 
     for register in _optional_commands():

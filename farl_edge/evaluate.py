@@ -36,11 +36,12 @@ class Prediction:
 
 
 def prepare(sample: FaceSample, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """Warped uint8 input, crop matrix and original (H, W) for one annotated face."""
+    """Warped input (uint8, or float32 under the farl protocol), crop matrix and original (H, W) for one
+    annotated face."""
     image = sample.load_image()
-    matrix = crops.crop_matrix(cfg.preprocess, cfg.input_size, landmarks=sample.landmarks, box=sample.box,
+    matrix = crops.crop_matrix(cfg.preprocess, cfg.crop_size, landmarks=sample.landmarks, box=sample.box,
                                image_hw=image.shape[:2])
-    return crops.warp_input(image, matrix, cfg.input_size, cfg.preprocess), matrix, image.shape[:2]
+    return crops.warp_input(image, matrix, cfg.crop_size, cfg.preprocess), matrix, image.shape[:2]
 
 
 def predict_samples(predictor: Predictor, samples: Sequence[FaceSample], batch_size: int = 8,
@@ -57,9 +58,9 @@ def predict_samples(predictor: Predictor, samples: Sequence[FaceSample], batch_s
             raw = {k: v[i] for k, v in outputs.items()}
             pred = Prediction(sample, raw=raw if keep_raw else None)
             if cfg.task == "alignment":
-                pred.landmarks = crops.landmarks_to_image(raw["landmarks"], matrix, cfg.input_size, cfg.preprocess)
+                pred.landmarks = crops.landmarks_to_image(raw["landmarks"], matrix, cfg.crop_size, cfg.preprocess)
             elif cfg.task == "parsing":
-                pred.label_map = crops.logits_to_label_map(raw["logits"], matrix, cfg.input_size, cfg.preprocess, hw)
+                pred.label_map = crops.logits_to_label_map(raw["logits"], matrix, cfg.crop_size, cfg.preprocess, hw)
             yield pred
         bar.update(len(chunk))
     bar.close()

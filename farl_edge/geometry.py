@@ -233,6 +233,34 @@ def box_from_points(points) -> np.ndarray:
     return np.array([np.nanmin(p[:, 0]), np.nanmin(p[:, 1]), np.nanmax(p[:, 0]), np.nanmax(p[:, 1])])
 
 
+def ffhq_quad(points5) -> np.ndarray:
+    """The FFHQ / CelebA-HQ crop square (4 corners: top-left, top-right, bottom-right, bottom-left)
+    from 5 face points, by the FFHQ recipe that facer's ``get_face_align_matrix_celebm`` follows:
+    the square is centred a tenth of the way from the eyes to the mouth, its half-side the larger of
+    2× the eye distance and 1.8× the eye-to-mouth distance."""
+    p = _pts(points5)
+    if p.shape != (5, 2):
+        raise ValueError(f"expected 5 points (5, 2), got {p.shape}")
+    eye_avg, mouth_avg = (p[0] + p[1]) / 2, (p[3] + p[4]) / 2
+    eye_to_eye, eye_to_mouth = p[1] - p[0], mouth_avg - eye_avg
+    rot90 = lambda v: np.array([-v[1], v[0]])  # noqa: E731
+    x = eye_to_eye - rot90(eye_to_mouth)
+    norm = np.hypot(*x)
+    if norm <= 0:
+        raise ValueError("degenerate face points (eyes and mouth coincide)")
+    x = x / norm * max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
+    y = rot90(x)
+    c = eye_avg + eye_to_mouth * 0.1
+    return np.stack([c - x - y, c + x - y, c + x + y, c - x + y])
+
+
+def ffhq_matrix(points5, size) -> np.ndarray:
+    """Similarity mapping the :func:`ffhq_quad` of 5 face points onto the ``size`` crop: the
+    framing of CelebA-HQ's aligned images, for CelebAMask-HQ parsing models on unaligned frames."""
+    h, w = _hw(size)
+    return estimate_similarity(ffhq_quad(points5), np.array([[0.0, 0.0], [w, 0.0], [w, h], [0.0, h]]))
+
+
 def box_matrix(box, size, scale: float = 1.0) -> np.ndarray:
     """Axis-aligned crop: the square of side ``max(w, h) * scale`` centred on ``box`` (x0, y0, x1,
     y1) is mapped onto ``[0, size)^2`` (300-W style crop, no rotation)."""
@@ -311,8 +339,8 @@ def tanh_forward(c, factor: float) -> np.ndarray:
     return out
 
 
-def tanh_inverse(v, factor: float) -> np.ndarray:
-    """Exact inverse of :func:`tanh_forward` (atanh argument clamped below 1)."""
+def tanh_inverse(v, factor: float, clamp: float = _ATANH_CLAMP) -> np.ndarray:
+    """Exact inverse of :func:`tanh_forward` (atanh argument clamped at ``clamp``, below 1)."""
     v = np.asarray(v, dtype=np.float64)
     f = float(factor)
     if f <= 0:
@@ -320,49 +348,58 @@ def tanh_inverse(v, factor: float) -> np.ndarray:
     if f > 1:
         raise ValueError(f"warp factor must be in [0, 1], got {f}")
     a = np.abs(v)
-    arg = np.clip((a - (1 - f)) / f, 0.0, _ATANH_CLAMP)
+    arg = np.clip((a - (1 - f)) / f, 0.0, clamp)
     return np.where(a > 1 - f, np.sign(v) * (f * np.arctanh(arg) + (1 - f)), v)
 
 
-def tanh_warp_points(points, m, size, factor: float = 0.8) -> np.ndarray:
+def _tanh_grid(farl_grid: bool) -> tuple[float, float]:
+    """(origin shift, atanh clamp) of the tanh warp. FaRL normalises pixel-*index* coordinates
+    (x / w · 2 - 1, centres at integers) and clamps atanh at 0.999; the project's own convention
+    normalises continuous coordinates (centres at i + ½) and clamps just below 1."""
+    return (0.5, 0.999) if farl_grid else (0.0, _ATANH_CLAMP)
+
+
+def tanh_warp_points(points, m, size, factor: float = 0.8, farl_grid: bool = False) -> np.ndarray:
     """Original-image points -> tanh-warped model-input coordinates."""
     h, w = _hw(size)
     wh = np.array([w, h], dtype=np.float64)
-    q = transform_points(points, m)
-    return (tanh_forward(q / wh * 2 - 1, factor) + 1) / 2 * wh
+    shift, _ = _tanh_grid(farl_grid)
+    q = transform_points(points, m) - shift
+    return (tanh_forward(q / wh * 2 - 1, factor) + 1) / 2 * wh + shift
 
 
-def tanh_unwarp_points(points, m, size, factor: float = 0.8) -> np.ndarray:
+def tanh_unwarp_points(points, m, size, factor: float = 0.8, farl_grid: bool = False) -> np.ndarray:
     """Tanh-warped model-input points -> original-image coordinates (exact inverse)."""
     h, w = _hw(size)
     wh = np.array([w, h], dtype=np.float64)
-    q = (tanh_inverse(_pts(points) / wh * 2 - 1, factor) + 1) / 2 * wh
+    shift, clamp = _tanh_grid(farl_grid)
+    q = (tanh_inverse((_pts(points) - shift) / wh * 2 - 1, factor, clamp) + 1) / 2 * wh + shift
     return transform_points(q, invert_affine(m))
 
 
 def tanh_warp_image(image: np.ndarray, m, size, factor: float = 0.8,
-                    interpolation: int = cv2.INTER_LINEAR, border_value=0) -> np.ndarray:
+                    interpolation: int = cv2.INTER_LINEAR, border_value=0, farl_grid: bool = False) -> np.ndarray:
     """Tanh-warp ``image`` into the ``size`` model input (``m``: original -> aligned crop)."""
     h, w = _hw(size)
-    src = tanh_unwarp_points(_pixel_centres(h, w), m, (h, w), factor)
+    src = tanh_unwarp_points(_pixel_centres(h, w), m, (h, w), factor, farl_grid)
     ch = 1 if image.ndim == 2 else image.shape[2]
     return _remap(image, src, interpolation, _border(border_value, ch))
 
 
-def tanh_unwarp_labels(label_map: np.ndarray, m, size, factor: float, out_hw) -> np.ndarray:
+def tanh_unwarp_labels(label_map: np.ndarray, m, size, factor: float, out_hw, farl_grid: bool = False) -> np.ndarray:
     """Tanh-warped model-input label map -> original image (nearest; 0 outside)."""
     lab = np.asarray(label_map)
     if lab.ndim != 2:
         raise ValueError(f"label_map must be (H, W), got {lab.shape}")
     oh, ow = _hw(out_hw)
-    coords = tanh_warp_points(_pixel_centres(oh, ow), m, size, factor)
+    coords = tanh_warp_points(_pixel_centres(oh, ow), m, size, factor, farl_grid)
     return _remap(_label_src(lab), coords, cv2.INTER_NEAREST, 0).astype(lab.dtype, copy=False)
 
 
 def tanh_unwarp_scores(scores: np.ndarray, m, size, factor: float, out_hw,
-                       fill: float = 0.0) -> np.ndarray:
+                       fill: float = 0.0, farl_grid: bool = False) -> np.ndarray:
     """(C, H, W) tanh-warped scores/logits -> (C, out_h, out_w) original image, bilinear; see
     :func:`unwarp_scores` for ``fill``."""
     oh, ow = _hw(out_hw)
-    coords = tanh_warp_points(_pixel_centres(oh, ow), m, size, factor)
+    coords = tanh_warp_points(_pixel_centres(oh, ow), m, size, factor, farl_grid)
     return _remap_chw(scores, coords, fill)

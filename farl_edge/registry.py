@@ -10,6 +10,7 @@ Torch-free, so the runtime and the CLI's listing commands stay light.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 from collections.abc import Mapping
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 TASKS = ("backbone", "parsing", "alignment")
-WARPS = ("box", "similarity", "tanh", "full")
+WARPS = ("box", "similarity", "tanh", "full", "ffhq")
+PROTOCOLS = ("direct", "farl")
 HEAD_TYPES = ("uper", "edge")
 
 
@@ -205,20 +207,44 @@ class PreprocessCfg(ConfigSection):
 
     ``warp``: ``box`` (square crop of a face box, enlarged by ``box_scale``), ``similarity``
     (5-point alignment to FaRL's template), ``tanh`` (the same plus FaRL's tanh-warp of strength
-    ``warp_factor``) or ``full`` (the whole image resized). The C++ and Swift runtimes read these
+    ``warp_factor``), ``ffhq`` (the FFHQ / CelebA-HQ square from 5 points, as facer aligns
+    CelebAMask-HQ faces; images of an already aligned data set are taken whole) or ``full`` (the
+    whole image resized). The C++ and Swift runtimes read these
     keys from the artifact manifest.
+
+    ``protocol``: ``direct`` warps the face straight to the network's ``input_size`` (uint8, the
+    fast edge path). ``farl`` is FaRL's own evaluation protocol: the face is warped in float (pixels
+    scaled to [0, 1] first) to a ``crop_size`` crop, the model resizes it bilinearly to
+    ``input_size`` inside its graph, and results go back through the ``crop_size`` frame (parsing
+    scores upsampled to it before the inverse warp). See :attr:`ModelConfig.crop_size`.
     """
     _what = "preprocess"
     discriminator = "warp"
     warp: str = "box"
     box_scale: float = 1.0    # read by the box warp
     warp_factor: float = 0.8  # read by the tanh warp
+    protocol: str = "direct"
+    crop_size: int = 512      # read by the farl protocol
 
     def _validate(self) -> None:
         if self.warp not in WARPS:
             raise ValueError(f"preprocess: warp must be one of {', '.join(WARPS)}, not {self.warp!r}")
         if self.box_scale <= 0 or self.warp_factor <= 0:
             raise ValueError("preprocess: box_scale and warp_factor must be positive")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"preprocess: protocol must be one of {', '.join(PROTOCOLS)}, not {self.protocol!r}")
+        if int(self.crop_size) != self.crop_size or self.crop_size < 16:
+            raise ValueError(f"preprocess: crop_size must be an integer of at least 16, not {self.crop_size!r}")
+
+    @property
+    def float_warp(self) -> bool:
+        """FaRL scales pixels to [0, 1] before warping; the direct path warps uint8."""
+        return self.protocol == "farl"
+
+    @property
+    def farl_grid(self) -> bool:
+        """The tanh warp on FaRL's pixel-index grid (see :func:`farl_edge.geometry.tanh_warp_points`)."""
+        return self.protocol == "farl"
 
 
 class TextCfg(ConfigSection):
@@ -295,6 +321,17 @@ class ModelConfig:
             if v is not None:
                 out[k] = v.to_dict() if isinstance(v, ConfigSection) else v
         return out
+
+    @property
+    def crop_size(self) -> int:
+        """Side of the face crop, which is also the side of the image the model (and every exported
+        graph) takes: ``preprocess.crop_size`` under the ``farl`` protocol (the graph resizes it to
+        ``input_size``), else ``input_size``."""
+        return int(self.preprocess.crop_size) if self.preprocess.protocol == "farl" else int(self.input_size)
+
+    def with_protocol(self, protocol: str) -> "ModelConfig":
+        """This config with ``preprocess.protocol`` set (``farl`` or ``direct``)."""
+        return dataclasses.replace(self, preprocess={**self.preprocess.to_dict(), "protocol": protocol})
 
     @property
     def num_outputs(self) -> int:

@@ -110,15 +110,24 @@ def frames(tmp_path_factory) -> list[Path]:
     return paths
 
 
-def _export(name: str, out: Path) -> Path:
+def _export(name: str, out: Path, preprocess: dict | None = None) -> Path:
+    """ONNX fp32 artifact of a shipped model; ``preprocess`` replaces keys of its preprocessing."""
     pytest.importorskip("torch")
+    import dataclasses
+
     from export_fixtures import eval_dir, fallback_checkpoint, torch_export_cache
 
     from farl_edge.export import ExportRequest, export
+    from farl_edge.models import create_model
 
+    model, checkpoint = name, fallback_checkpoint(name)
+    if preprocess:
+        model = create_model(name, checkpoint=checkpoint)
+        model.cfg = dataclasses.replace(model.cfg, preprocess={**model.cfg.preprocess.to_dict(), **preprocess})
+        checkpoint = None
     with torch_export_cache():
-        export(ExportRequest(model=name, target="onnx", precision="fp32", output=out, eval_data=eval_dir(name),
-                             eval_size=2, checkpoint=fallback_checkpoint(name), log=lambda m: None))
+        export(ExportRequest(model=model, target="onnx", precision="fp32", output=out, eval_data=eval_dir(name),
+                             eval_size=2, checkpoint=checkpoint, log=lambda m: None))
     return out
 
 
@@ -188,3 +197,23 @@ def test_cpp_label_maps_match_python_runtime(farl_camera, frames, tmp_path):
         agreement.append(float((lab == p.label_map).mean()))
     print(f"{len(pairs)} faces; detector {worst}; label maps agree on {min(agreement):.5f} of pixels (worst face)")
     assert min(agreement) >= LABEL_AGREEMENT, agreement
+
+
+@pytest.mark.parametrize("name, preprocess", [
+    ("farl-small-300w", {"warp": "tanh", "warp_factor": 0.8, "protocol": "farl", "crop_size": 256}),
+    ("farl-small-celebm", {"warp": "ffhq", "protocol": "farl", "crop_size": 256}),
+])
+def test_cpp_reads_farl_protocol_from_the_manifest(farl_camera, frames, tmp_path, name, preprocess):
+    """FaRL's protocol (float warp, 256 crop resized in the graph, tanh on FaRL's index grid) and
+    the FFHQ square: the C++ runtime reads them from the manifest and matches the Python runtime."""
+    artifact = _export(name, tmp_path / name, preprocess)
+    pairs = _run_both(farl_camera, artifact, frames, tmp_path)
+    _check_detections(pairs)
+    for c, p in pairs:
+        if name == "farl-small-300w":
+            d = np.linalg.norm(np.array(c["landmarks"]) - p.landmarks, axis=1)
+            assert d.max() <= LANDMARK_MAX_TOL and d.mean() <= LANDMARK_MEAN_TOL, d.max()
+        else:
+            lab = np.array(c["label_map"], np.uint8)
+            assert lab.shape == p.label_map.shape and (p.label_map > 0).mean() > 0.2
+            assert (lab == p.label_map).mean() >= LABEL_AGREEMENT

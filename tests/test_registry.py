@@ -55,10 +55,11 @@ def test_sections_read_like_the_dicts_they_were():
     assert cfg.vision["heads"] == 12 and cfg.vision.get("output_dim") == 512
     assert cfg.head.get("out_stride", 8) == 4  # the typed default wins over a caller's guess
     assert cfg.head.get("nonsense", "x") == "x"
-    assert dict(cfg.preprocess) == {"warp": "tanh", "warp_factor": 0.8}
-    assert json.loads(json.dumps(cfg.preprocess)) == {"warp": "tanh", "warp_factor": 0.8}  # manifests
+    spelled = {"warp": "tanh", "warp_factor": 0.8, "protocol": "farl", "crop_size": 512}
+    assert dict(cfg.preprocess) == spelled
+    assert json.loads(json.dumps(cfg.preprocess)) == spelled  # manifests
     assert cfg.head == {"type": "uper", "channels": 768, "pool_scales": [1, 2, 3, 6], "dropout": 0.1}
-    assert cfg.preprocess == {"warp": "tanh"}  # equal in effect: the same warp factor
+    assert cfg.preprocess == {"warp": "tanh", "protocol": "farl"}  # equal in effect: the same warp factor, crop
     assert cfg.preprocess != {"warp": "tanh", "warp_factor": 0.5}
     with pytest.raises(TypeError, match="read-only"):
         cfg.preprocess["warp"] = "box"
@@ -89,10 +90,14 @@ def test_to_dict_is_plain_json_and_round_trips(name):
 def test_edge_configs_hold_only_what_they_change(name):
     raw, cfg = _raw(name), get_config(name)
     base = get_config(cfg.base)
-    assert set(raw) <= {"name", "base", "description", "head", "weights"}
+    assert set(raw) <= {"name", "base", "description", "head", "weights", "preprocess"}
+    # B/16 edge variants take the direct path (FaRL's 512 → 448 protocol stays with the full models)
+    assert raw.get("preprocess", {"protocol": "direct"}) == {"protocol": "direct"} and cfg.crop_size == cfg.input_size
     assert raw["head"] == {"channels": cfg.head.channels} and cfg.head.channels < base.head.channels
     expected = {**base.to_dict(), "name": name, "description": raw["description"], "base": base.name,
                 "head": {**base.to_dict()["head"], "channels": raw["head"]["channels"]}}
+    if "preprocess" in raw:
+        expected["preprocess"] = {**base.to_dict()["preprocess"], **raw["preprocess"]}
     expected.pop("weights", None)
     if raw.get("weights"):
         expected["weights"] = raw["weights"]

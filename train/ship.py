@@ -67,7 +67,7 @@ def main() -> None:
         "training_time_s": round(sum(stage_seconds(r) for r in stages[:-1]) + (result.get("train_seconds") or 0), 1),
         "training_machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads (CPU)",
         "metrics": {"validation": full, "reference_subset": {"limit": args.reference_limit, **subset}},
-        "gmacs": count_macs(model, model.cfg.input_size),
+        "gmacs": count_macs(model, model.cfg.crop_size),
         "license": DATA_TERMS,
     }
     ship_card.pop("history", None)

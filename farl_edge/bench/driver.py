@@ -51,7 +51,7 @@ def prepare_inputs(cfg: BenchConfig, info: ModelInfo) -> dict:
     timing_path = folder / f"{info.name}-timing-{max(cfg.batches)}.npy"
     eval_path = folder / f"{info.name}-eval-{n_eval}.npy"
     if info.eval_dir is None:
-        x = np.random.default_rng(0).random((max(cfg.batches), 3, info.cfg.input_size, info.cfg.input_size),
+        x = np.random.default_rng(0).random((max(cfg.batches), 3, info.cfg.crop_size, info.cfg.crop_size),
                                             dtype=np.float32)
         np.save(timing_path, x)
         return {"timing": str(timing_path), "eval": None, "source": "random (no evaluation data found)"}

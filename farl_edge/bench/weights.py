@@ -53,7 +53,7 @@ def resolve_weights(cfg: BenchConfig, name: str, log) -> ModelInfo:
         weights = f"random init (seed {cfg.seed}): timing is real, task metrics are not"
         log(f"{name}: no trained weights used — random init (seed {cfg.seed})")
     model = create_model(name, checkpoint=ckpt, pretrained=ckpt is None)
-    gmacs = count_macs(model, mcfg.input_size)
+    gmacs = count_macs(model, mcfg.crop_size)
     params = sum(p.numel() for p in model.parameters())
     nbytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     task = mcfg.task
@@ -70,11 +70,10 @@ def stage_op_shapes(model, info: ModelInfo) -> dict:
     """{stage: {OpShape: calls}}: the full model, the backbone alone, and the head (the difference)."""
     from farl_edge.bench.floor import collect_op_shapes
 
-    size = info.cfg.input_size
-    full = collect_op_shapes(model, size)
+    full = collect_op_shapes(model, info.cfg.crop_size)
     out = {"full": full}
     if info.cfg.task != "backbone":
-        bb = collect_op_shapes(backbone_module(info), size)
+        bb = collect_op_shapes(backbone_module(info), info.cfg.input_size)
         out["backbone"] = bb
         head = {s: n - bb.get(s, 0) for s, n in full.items() if n - bb.get(s, 0) > 0}
         out["head"] = head
@@ -113,7 +112,8 @@ def backbone_module(info: ModelInfo):
     full = create_model(info.name, checkpoint=info.checkpoint, pretrained=info.pretrained)
     bcfg = dataclasses.replace(full.cfg, name=f"{full.cfg.name}-backbone", task="backbone", head=None, labels=None,
                                num_landmarks=None, weights=None, base=full.cfg.name,
-                               description=f"backbone stage of {full.cfg.name} (benchmark)")
+                               description=f"backbone stage of {full.cfg.name} (benchmark)",
+                               preprocess={**full.cfg.preprocess.to_dict(), "protocol": "direct"})  # the ViT at its size
     bb = FaRLModel(bcfg)
     bb.backbone.load_state_dict(full.backbone.state_dict())
     return bb.eval()

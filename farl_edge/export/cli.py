@@ -10,6 +10,7 @@ from pathlib import Path
 
 from farl_edge.export.formats import FORMATS
 from farl_edge.export.request import ExportRequest
+from farl_edge.registry import ModelConfig
 
 
 def _shipped_recipes() -> dict[str, object]:
@@ -129,8 +130,9 @@ def cmd_validate(args) -> int:
     if args.checkpoint:
         from farl_edge.export.pipeline import resolve_model
 
-        model, _ = resolve_model(manifest["model"]["name"], checkpoint=args.checkpoint,
-                                 input_size=int(manifest["input_size"]))
+        card = ModelConfig.from_dict(manifest["model"])
+        model, _ = resolve_model(card.name, checkpoint=args.checkpoint, input_size=card.input_size,
+                                 protocol=card.preprocess.protocol)
     try:
         report = validate_artifact(folder, model, eval_data=args.eval_data, eval_size=args.eval_size,
                                    tolerance=args.tolerance, raise_on_fail=False)

@@ -72,9 +72,10 @@ class ExportConfig:
     """What every exporter of one model must produce, and how closely."""
 
     task: str
-    input_size: int
+    input_size: int  # side of the image the graph takes (the crop: 512 under FaRL's protocol)
     num_outputs: int
-    out_stride: int = 4  # output maps are input_size / out_stride (UPerHead 4, edge heads 8)
+    out_stride: int = 4  # output maps are network_size / out_stride (UPerHead 4, edge heads 8)
+    network_size: int | None = None  # side the network runs at (the graph resizes to it); None: input_size
     batch: int | None = 1  # None = dynamic batch axis
     opset: int = DEFAULT_OPSET
     exporter: str = DEFAULT_EXPORTER
@@ -95,7 +96,7 @@ class ExportConfig:
         return [self.batch_dim, 3, self.input_size, self.input_size]
 
     def output_shapes(self, embed_dim: int | None = None) -> dict[str, list]:
-        b, s, n = self.batch_dim, self.input_size // self.out_stride, self.num_outputs
+        b, s, n = self.batch_dim, (self.network_size or self.input_size) // self.out_stride, self.num_outputs
         shapes = {
             "logits": [b, n, s, s], "landmarks": [b, n, 2], "heatmaps": [b, n, s, s],
             "embedding": [b, embed_dim],
@@ -118,7 +119,7 @@ def export_config(cfg: ModelConfig, batch: int | None = 1, **changes) -> ExportC
     """The export configuration of a registry model (``batch=None``: dynamic batch)."""
     if batch is not None and int(batch) < 1:
         raise ValueError(f"batch must be >= 1 or 'dynamic', not {batch}")
-    return ExportConfig(task=cfg.task, input_size=cfg.input_size, num_outputs=cfg.num_outputs,
+    return ExportConfig(task=cfg.task, input_size=cfg.crop_size, network_size=cfg.input_size, num_outputs=cfg.num_outputs,
                         out_stride=int((cfg.head or {}).get("out_stride", 4)),
                         batch=None if batch is None else int(batch), output_names=OUTPUT_NAMES[cfg.task],
                         **changes)

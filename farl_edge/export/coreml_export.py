@@ -67,7 +67,7 @@ def _metadata(ct_model, cfg, precision: str, target: str, details: dict) -> None
                  "alignment": f"face alignment, {cfg.num_landmarks} landmarks",
                  "backbone": "FaRL face image embedding"}[cfg.task]
     ct_model.short_description = f"{cfg.name}: {task_text} ({precision}). {cfg.description}".strip()
-    ct_model.input_description[INPUT] = (f"RGB face crop, {cfg.input_size}x{cfg.input_size}, prepared as "
+    ct_model.input_description[INPUT] = (f"RGB face crop, {cfg.crop_size}x{cfg.crop_size}, prepared as "
                                            f"farl-edge crops ({cfg.preprocess.warp} warp)")
     out_text = {"logits": "per-class logits at 1/4 input resolution (B, C, S/4, S/4)",
                 "landmarks": "landmarks (B, K, 2), x then y, in input pixels",
@@ -76,7 +76,7 @@ def _metadata(ct_model, cfg, precision: str, target: str, details: dict) -> None
     for name in ct_model.output_description:
         if name in out_text:
             ct_model.output_description[name] = out_text[name]
-    meta = {"farl_edge.model": cfg.name, "farl_edge.task": cfg.task, "farl_edge.input_size": str(cfg.input_size),
+    meta = {"farl_edge.model": cfg.name, "farl_edge.task": cfg.task, "farl_edge.input_size": str(cfg.crop_size),
             "farl_edge.precision": precision, "farl_edge.deployment_target": target,
             "farl_edge.preprocess": json.dumps(cfg.preprocess, sort_keys=True),
             "farl_edge.input": "RGB uint8 image; scale 1/255 → [0, 1]; CLIP mean/std applied inside the model",
@@ -106,7 +106,7 @@ def convert(model, precision: str = "fp16", *, output_names=None, target: str | 
     target = target or TARGETS[precision]
     if not hasattr(ct.target, target):
         raise ValueError(f"unknown Core ML deployment target {target!r}")
-    s = cfg.input_size
+    s = cfg.crop_size
     names = list(output_names or model.output_names)
     example = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
     with quiet(), torch.no_grad(), torch.inference_mode(False):

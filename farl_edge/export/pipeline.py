@@ -46,8 +46,10 @@ def default_output(model_name: str, target: str, precision: str, root: Path | No
 
 
 def resolve_model(model, checkpoint=None, pretrained: bool = True, input_size: int | None = None,
-                  trust_torchscript: bool = False):
-    """A registry name / ModelConfig / FaRLModel → (FaRLModel in eval mode, weights description)."""
+                  trust_torchscript: bool = False, protocol: str | None = None):
+    """A registry name / ModelConfig / FaRLModel → (FaRLModel in eval mode, weights description).
+
+    ``protocol`` (``farl`` / ``direct``) replaces the config's preprocessing protocol."""
     from farl_edge.models import create_model
 
     if isinstance(model, (str, ModelConfig)):
@@ -72,6 +74,8 @@ def resolve_model(model, checkpoint=None, pretrained: bool = True, input_size: i
     if input_size and input_size != net.cfg.input_size:
         net.backbone.set_image_size(int(input_size))
         net.cfg = dataclasses.replace(net.cfg, input_size=int(input_size))
+    if protocol and protocol != net.cfg.preprocess.protocol:
+        net.cfg = net.cfg.with_protocol(protocol)
     file = weights.get("path") or (weights_path(net.cfg) if weights["source"] == "shipped" else None)
     if file and Path(file).is_file():
         weights["sha256"] = mf.sha256_file(file)
@@ -123,7 +127,7 @@ def export(request: ExportRequest) -> ExportResult:
         raise UserError(f"{target} artifacts cannot be validated on this machine ({why_not}); drop "
                         f"--require-validation to publish it unvalidated and run `farl-edge validate` "
                         f"on the target machine")
-    net, weights = resolve_model(r.model, r.checkpoint, r.pretrained, r.input_size)
+    net, weights = resolve_model(r.model, r.checkpoint, r.pretrained, r.input_size, protocol=r.protocol)
     cfg = net.cfg
     ecfg = export_config(cfg, batch=r.batch, **({"exporter": r.exporter} if r.exporter else {}))
     shown = Path(r.output) if r.output else default_output(cfg.name, target, precision)
@@ -161,7 +165,8 @@ def export(request: ExportRequest) -> ExportResult:
             status="validating", model=card, task=cfg.task, name=cfg.name,
             **({"labels": cfg.labels} if cfg.labels else {}),
             **({"num_landmarks": cfg.num_landmarks} if cfg.num_landmarks else {}),
-            input_size=cfg.input_size, mean=cfg.mean, std=cfg.std, preprocess=cfg.preprocess,
+            input_size=cfg.crop_size, network_size=cfg.input_size, mean=cfg.mean, std=cfg.std,
+            preprocess=cfg.preprocess,
             target=target, precision=precision, backend=fmt.backend, model_file=built.model_file,
             opset=built.opset, batch=ecfg.batch_dim,
             inputs=[{"name": ecfg.input_name, "shape": ecfg.input_shape(), "dtype": "float32", "layout": "NCHW",

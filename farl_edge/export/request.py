@@ -81,6 +81,10 @@ class ExportRequest:
     max_drop: float | None = _opt(flag="--max-drop", type=float, help="openvino int8: accuracy-controlled PTQ, "
                                                                       "max metric drop (NME_io or F1 points)")
     input_size: int | None = _opt(flag="--input-size", type=int, help="input size (position embeddings resized once)")
+    protocol: str | None = _opt(flag="--protocol", choices=["farl", "direct"],
+                                help="preprocessing protocol: farl (512 crop, resized to the network inside the "
+                                     "graph: FaRL's numbers) or direct (crop at the network size: the fast edge "
+                                     "path); default: the model's own")
     batch: int | None = _opt(1, flag="--batch", parse=parse_batch, help="fixed batch N (default 1) or 'dynamic'")
     eval_data: str | Path | None = _opt(flag="--eval-data", help="annotated faces for validation "
                                                                  "(default ../shared/data test split)")

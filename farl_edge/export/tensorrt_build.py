@@ -392,7 +392,7 @@ def _build(job, flavour_name: str):
     job.log("checking the prepared graph (onnx.checker, ONNX Runtime CPU parity)")
     info["prepared_check"] = check_prepared_onnx(job, prepared, job.precision)
 
-    header = {"model": job.cfg.name, "task": job.cfg.task, "input_size": job.cfg.input_size,
+    header = {"model": job.cfg.name, "task": job.cfg.task, "input_size": job.cfg.crop_size,
               "input_name": job.export_cfg.input_name, "outputs": list(job.export_cfg.output_names),
               "graph_tool": info["prepared"]["tool"]}
     cache_key = f"{flavour.name}-{flavour.version}-{'_'.join(ccs)}.timing"

@@ -260,7 +260,8 @@ def validate_artifact(path, model=None, *, eval_data=None, eval_size: int = 32, 
         weights = manifest.get("weights", {})
         if weights.get("source") not in ("shipped", "checkpoint"):
             raise ValueError(f"{path}: exported from {weights.get('source', 'unknown')} weights; pass model=")
-        model, _ = resolve_model(cfg.name, checkpoint=weights.get("path"), input_size=cfg.input_size)
+        model, _ = resolve_model(cfg.name, checkpoint=weights.get("path"), input_size=cfg.input_size,
+                                  protocol=cfg.preprocess.protocol)
     with warnings.catch_warnings():  # the "unvalidated" warning: this is the validation
         warnings.simplefilter("ignore")
         session = load(path, allow_failed=True)

@@ -10,8 +10,11 @@ from farl_edge.models.task_model import FaRLModel
 class TorchPredictor:
     def __init__(self, model: FaRLModel, dtype: torch.dtype | None = None):
         self.model = model.eval()
-        self.config = model.cfg
         self.dtype = dtype  # torch.bfloat16 → CPU autocast
+
+    @property
+    def config(self):
+        return self.model.cfg  # read through: a protocol switch on the model shows here
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,13 +1,16 @@
 """FaRL task model: input normalisation + ViT backbone + task head, as one exportable module.
 
-Input: RGB float in [0, 1], (B, 3, S, S). Outputs:
+Input: RGB float in [0, 1], (B, 3, C, C) with C = ``cfg.crop_size``. Under FaRL's protocol the crop
+(512) is resized bilinearly to the network's S = ``cfg.input_size`` (448) first, inside the graph, as
+FaRL's backbone does; otherwise C = S. Outputs:
 - backbone:  ``embedding`` (B, D)
 - parsing:   ``logits`` (B, C, S/4, S/4)
-- alignment: ``landmarks`` (B, K, 2) in input pixels (x, y), ``heatmaps`` (B, K, S/4, S/4) in [0, 1]
+- alignment: ``landmarks`` (B, K, 2) in crop pixels (x, y), ``heatmaps`` (B, K, S/4, S/4) in [0, 1]
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from farl_edge.models.heads import build_head, soft_argmax
@@ -38,6 +41,9 @@ class FaRLModel(nn.Module):
         return {"backbone": ["embedding"], "parsing": ["logits"], "alignment": ["landmarks", "heatmaps"]}[self.cfg.task]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.crop_size != self.cfg.input_size:  # FaRL's protocol: resize before normalising
+            s = self.cfg.input_size
+            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:

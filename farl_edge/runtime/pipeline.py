@@ -195,7 +195,7 @@ class FacePipeline:
         self.max_label_pixels = max_label_pixels
         self.preprocess = dict(self.config.preprocess or {})
         self.warp = self.preprocess.get("warp", "box")
-        self.size = int(self.config.input_size)
+        self.size = int(self.config.crop_size)  # the crop, which is also the tensor the model takes
 
     def __repr__(self) -> str:
         return f"FacePipeline({self.config.name}, {self.config.task}, warp={self.warp}, detector={self.detector})"
@@ -243,7 +243,7 @@ class FacePipeline:
             if pts is not None and (not np.isfinite(pts).all() or np.ptp(pts, axis=0).max() <= 0):
                 continue
             kps = None
-            if pts is None and self.warp in ("similarity", "tanh") and rgb is not None:
+            if pts is None and self.warp in ("similarity", "tanh", "ffhq") and rgb is not None:
                 found = self.detector.detect_in_box(rgb, box) if self.detector is not None else None
                 if found is not None:
                     pts, kps = found.five_points, found.keypoints
@@ -289,13 +289,13 @@ class FacePipeline:
             return None
         return x0, y0, x1, y1
 
-    def infer(self, batch_u8: np.ndarray) -> dict[str, np.ndarray]:
-        """(B, S, S, 3) uint8 crops → model outputs (in chunks of ``batch_size``)."""
-        n = len(batch_u8)
+    def infer(self, crops_batch: np.ndarray) -> dict[str, np.ndarray]:
+        """(B, S, S, 3) crops (uint8, or float32 under the farl protocol) → model outputs (in chunks of ``batch_size``)."""
+        n = len(crops_batch)
         step = self.batch_size or n
         parts: dict[str, list] = {}
         for i in range(0, n, step):
-            for k, v in self.model(crops.to_tensor_layout(batch_u8[i:i + step])).items():
+            for k, v in self.model(crops.to_tensor_layout(crops_batch[i:i + step])).items():
                 parts.setdefault(k, []).append(np.asarray(v))
         return {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in parts.items()}
 

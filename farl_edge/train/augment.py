@@ -39,5 +39,6 @@ def random_occlusion(rng: np.random.Generator, image: np.ndarray, prob: float) -
     oh, ow = int(h * rng.uniform(0.1, 0.4)), int(w * rng.uniform(0.1, 0.4))
     y, x = rng.integers(0, h - oh), rng.integers(0, w - ow)
     out = image.copy()
-    out[y:y + oh, x:x + ow] = rng.integers(0, 256, size=3, dtype=np.uint8)
+    colour = rng.integers(0, 256, size=3, dtype=np.uint8)
+    out[y:y + oh, x:x + ow] = colour if out.dtype == np.uint8 else colour / np.float32(255)  # float: farl protocol
     return out

@@ -30,7 +30,7 @@ class FaceTaskDataset(Dataset):
 
     def __getitem__(self, i: int):
         rng = np.random.default_rng((self.seed, self.epoch, i))
-        sample, size = self.samples[i], self.cfg.input_size
+        sample, size = self.samples[i], self.cfg.crop_size
         image = sample.load_image()
         matrix = crops.crop_matrix(self.cfg.preprocess, size, landmarks=sample.landmarks, box=sample.box,
                                    image_hw=image.shape[:2])

@@ -48,10 +48,10 @@ double tanh_forward(double c, double f) {
   return std::copysign(f * std::tanh((a - (1 - f)) / f) + (1 - f), c);
 }
 
-double tanh_inverse(double v, double f) {
+double tanh_inverse(double v, double f, double clamp) {
   double a = std::abs(v);
   if (f <= 0 || a <= 1 - f) return v;
-  double arg = std::clamp((a - (1 - f)) / f, 0.0, 1.0 - 1e-9);
+  double arg = std::clamp((a - (1 - f)) / f, 0.0, clamp);
   return std::copysign(f * std::atanh(arg) + (1 - f), v);
 }
 
@@ -191,6 +191,12 @@ Model::Model(ov::Core& core, const std::string& dir, int threads, const std::str
   warp = pp.value("warp", "box");
   box_scale = pp.value("box_scale", 1.0);
   warp_factor = pp.value("warp_factor", 0.8);
+  if (warp != "box" && warp != "similarity" && warp != "tanh" && warp != "ffhq")  // "full": whole images, no faces
+    throw std::runtime_error(dir + ": preprocess warp '" + warp + "' is not supported by this face runtime");
+  const std::string protocol = pp.value("protocol", "direct");
+  if (protocol != "direct" && protocol != "farl")
+    throw std::runtime_error(dir + ": unknown preprocess protocol '" + protocol + "'");
+  if (protocol == "farl") { float_warp = true; tanh_shift = 0.5; atanh_clamp = 0.999; }
   if (m.contains("labels")) labels = m["labels"].get<std::vector<std::string>>();
   ov::AnyMap config = {ov::hint::performance_mode(ov::hint::PerformanceMode::LATENCY)};
   if (threads > 0) config.emplace(ov::inference_num_threads.name(), threads);
@@ -206,8 +212,27 @@ cv::Matx23d Model::crop_matrix(const Face& f) const {
     return {s, 0, size / 2.0 - s * cx, 0, s, size / 2.0 - s * cy};
   }
   std::vector<cv::Point2d> src(f.five.begin(), f.five.end()), dst;
+  if (warp == "ffhq") {  // farl_edge.geometry.ffhq_matrix: the FFHQ / CelebA-HQ square from 5 points
+    auto rot90 = [](cv::Point2d v) { return cv::Point2d(-v.y, v.x); };
+    cv::Point2d eye = (src[0] + src[1]) * 0.5, mouth = (src[3] + src[4]) * 0.5;
+    cv::Point2d e2e = src[1] - src[0], e2m = mouth - eye, x = e2e - rot90(e2m);
+    x *= std::max(std::hypot(e2e.x, e2e.y) * 2.0, std::hypot(e2m.x, e2m.y) * 1.8) / std::hypot(x.x, x.y);
+    cv::Point2d y = rot90(x), c = eye + e2m * 0.1;
+    std::vector<cv::Point2d> quad = {c - x - y, c + x - y, c + x + y, c - x + y};
+    dst = {{0.0, 0.0}, {double(size), 0.0}, {double(size), double(size)}, {0.0, double(size)}};
+    return estimate_similarity(quad, dst);
+  }
   for (auto& t : kTemplate512) dst.emplace_back(t[0] * size / 512.0, t[1] * size / 512.0);
   return estimate_similarity(src, dst);
+}
+
+// one axis of the tanh warp, aligned-crop coordinate ↔ model-input coordinate (geometry.py)
+double Model::warp_tanh(double c) const {
+  return (tanh_forward((c - tanh_shift) / size * 2 - 1, warp_factor) + 1) / 2 * size + tanh_shift;
+}
+
+double Model::unwarp_tanh(double c) const {
+  return (tanh_inverse((c - tanh_shift) / size * 2 - 1, warp_factor, atanh_clamp) + 1) / 2 * size + tanh_shift;
 }
 
 cv::Mat Model::warp_input(const cv::Mat& rgb, const cv::Matx23d& m) const {
@@ -221,8 +246,7 @@ cv::Mat Model::warp_input(const cv::Mat& rgb, const cv::Matx23d& m) const {
   float lim = float(std::max(rgb.cols, rgb.rows) + 16);
   for (int y = 0; y < size; ++y)
     for (int x = 0; x < size; ++x) {
-      double ax = (tanh_inverse((x + 0.5) / size * 2 - 1, warp_factor) + 1) / 2 * size;
-      double ay = (tanh_inverse((y + 0.5) / size * 2 - 1, warp_factor) + 1) / 2 * size;
+      double ax = unwarp_tanh(x + 0.5), ay = unwarp_tanh(y + 0.5);
       cv::Point2d p = apply(inv, {ax, ay});
       mx.at<float>(y, x) = std::clamp(float(p.x - 0.5), -16.f, lim);
       my.at<float>(y, x) = std::clamp(float(p.y - 0.5), -16.f, lim);
@@ -251,8 +275,8 @@ void Model::label_map(const float* logits, int classes, int h, int w, Face& f, c
     for (int x = 0; x < rw; ++x) {
       cv::Point2d q = apply(f.matrix, {rx0 + x + 0.5, ry0 + y + 0.5});
       if (warp == "tanh") {
-        q.x = (tanh_forward(q.x / size * 2 - 1, warp_factor) + 1) / 2 * size;
-        q.y = (tanh_forward(q.y / size * 2 - 1, warp_factor) + 1) / 2 * size;
+        q.x = warp_tanh(q.x);
+        q.y = warp_tanh(q.y);
       }
       mx.at<float>(y, x) = std::clamp(float(q.x - 0.5), -16.f, float(size + 16));
       my.at<float>(y, x) = std::clamp(float(q.y - 0.5), -16.f, float(size + 16));
@@ -278,15 +302,18 @@ void Model::run(const cv::Mat& rgb, std::vector<Face>& faces, Timings& t) {
   const bool dynamic_batch = compiled_.input().get_partial_shape()[0].is_dynamic();
   ov::Tensor input(ov::element::f32, {dynamic_batch ? n : 1, 3, size_t(size), size_t(size)});
   std::vector<cv::Mat> crops;
+  cv::Mat src = rgb;
+  if (float_warp) rgb.convertTo(src, CV_32FC3, 1.0 / 255);  // FaRL: [0, 1] before the warp, never rounded
   for (auto& f : faces) {
     f.matrix = crop_matrix(f);
-    crops.push_back(warp_input(rgb, f.matrix));
+    crops.push_back(warp_input(src, f.matrix));
   }
   auto fill = [&](size_t slot, const cv::Mat& crop) {
     float* x = input.data<float>() + slot * 3 * size * size;
     for (int y = 0; y < size; ++y)
       for (int xx = 0; xx < size; ++xx)
-        for (int c = 0; c < 3; ++c) x[(c * size + y) * size + xx] = crop.at<cv::Vec3b>(y, xx)[c] / 255.f;
+        for (int c = 0; c < 3; ++c)
+          x[(c * size + y) * size + xx] = float_warp ? crop.at<cv::Vec3f>(y, xx)[c] : crop.at<cv::Vec3b>(y, xx)[c] / 255.f;
   };
   t.preprocess += ms_since(t0);
   for (size_t start = 0; start < n; start += dynamic_batch ? n : 1) {
@@ -308,8 +335,8 @@ void Model::run(const cv::Mat& rgb, std::vector<Face>& faces, Timings& t) {
         for (size_t j = 0; j < k; ++j) {
           cv::Point2d q(p[2 * j], p[2 * j + 1]);
           if (warp == "tanh") {
-            q.x = (tanh_inverse(q.x / size * 2 - 1, warp_factor) + 1) / 2 * size;
-            q.y = (tanh_inverse(q.y / size * 2 - 1, warp_factor) + 1) / 2 * size;
+            q.x = unwarp_tanh(q.x);
+            q.y = unwarp_tanh(q.y);
           }
           f.landmarks.push_back(apply(inv, q));
         }

@@ -56,11 +56,17 @@ class Model {
   std::string task, name, warp = "box";
   int size = 224;
   double box_scale = 1.0, warp_factor = 0.8;
+  // manifest preprocess.protocol "farl": float warp (pixels / 255 first) and the tanh warp on
+  // FaRL's pixel-index grid (origin shift 0.5, atanh clamp 0.999); "direct": uint8, continuous grid
+  bool float_warp = false;
+  double tanh_shift = 0.0, atanh_clamp = 1.0 - 1e-9;
   std::vector<std::string> labels;
 
  private:
   cv::Matx23d crop_matrix(const Face& f) const;
   cv::Mat warp_input(const cv::Mat& rgb, const cv::Matx23d& m) const;
+  double warp_tanh(double c) const;
+  double unwarp_tanh(double c) const;
   void label_map(const float* logits, int classes, int h, int w, Face& f, cv::Size frame) const;
   ov::CompiledModel compiled_;
   ov::InferRequest request_;

@@ -10,7 +10,10 @@
 //   (input "image", RGB, scaled 1/255 inside the model) → results back in frame coordinates.
 // Not done here: the tanh warp of LaPa models (needs a Core Image warp kernel / Metal; use
 // similarity crops or the Python / C++ runtimes), and label maps are unwarped as labels (argmax
-// first), not as class scores like the Python runtime.
+// first), not as class scores like the Python runtime. Under the manifest's `protocol: "farl"`
+// (official FaRL weights: a 512 crop the model resizes to 448 itself) `size` is the crop; Core Image
+// warps in float, but the 8-bit pixel buffer Core ML takes rounds the crop: FaRL's numbers within
+// that rounding, not bit-exact (the Python and C++ runtimes warp in float).
 
 import CoreImage
 import CoreML
@@ -77,8 +80,8 @@ public struct FaceResult {
 public final class FaRLFace {
     public let model: MLModel
     public let task: String          // "alignment" | "parsing"
-    public let size: Int             // model input size (S)
-    public let warp: String          // manifest preprocess.warp: "box" | "similarity" ("tanh": not supported here)
+    public let size: Int             // model input size (S): manifest input_size, the crop (512 under protocol "farl")
+    public let warp: String          // manifest preprocess.warp: "box" | "similarity" | "ffhq" ("tanh": not supported here)
     public let boxScale: Double
     public let labelNames: [String]
     private let context = CIContext(options: [.workingColorSpace: NSNull()])  // no colour management: raw RGB
@@ -94,6 +97,7 @@ public final class FaRLFace {
         boxScale = pre["box_scale"] as? Double ?? 1.0
         labelNames = manifest["labels"] as? [String] ?? []
         precondition(warp != "tanh", "tanh crops are not implemented in this example (see README)")
+        precondition(warp != "full", "whole-image models are not face-crop models")
         let config = MLModelConfiguration()
         config.computeUnits = computeUnits
         let compiled = try MLModel.compileModel(at: artifact.appendingPathComponent("model.mlpackage"))
@@ -122,6 +126,10 @@ public final class FaRLFace {
                 let lmBox = all.isEmpty ? box : CGRect(x: xs.min()!, y: ys.min()!, width: xs.max()! - xs.min()!,
                                                       height: ys.max()! - ys.min()!)
                 matrix = .box(lmBox, size: size, scale: boxScale)
+            } else if warp == "ffhq" {
+                // farl_edge.geometry.ffhq_matrix: the FFHQ / CelebA-HQ square from the 5 points
+                matrix = .similarity(from: ffhqQuad(five), to: [CGPoint(x: 0, y: 0), CGPoint(x: size, y: 0),
+                                                               CGPoint(x: size, y: size), CGPoint(x: 0, y: size)])
             } else {
                 let s = Double(size) / 512
                 matrix = .similarity(from: five, to: farlTemplate512.map { CGPoint(x: $0.x * s, y: $0.y * s) })
@@ -159,6 +167,19 @@ public final class FaRLFace {
         let nose = crest.max { $0.y < $1.y }!
         let left = lips.min { along($0) < along($1) }!, right = lips.max { along($0) < along($1) }!
         return [le, re, nose, left, right]
+    }
+
+    /// FFHQ recipe (facer's get_face_align_matrix_celebm): the crop square's corners, clockwise from
+    /// top-left, centred a tenth of the way from the eyes to the mouth.
+    func ffhqQuad(_ p: [CGPoint]) -> [CGPoint] {
+        func v(_ a: CGPoint) -> SIMD2<Double> { SIMD2(Double(a.x), Double(a.y)) }
+        func rot90(_ a: SIMD2<Double>) -> SIMD2<Double> { SIMD2(-a.y, a.x) }
+        let eye = (v(p[0]) + v(p[1])) / 2, mouth = (v(p[3]) + v(p[4])) / 2
+        let e2e = v(p[1]) - v(p[0]), e2m = mouth - eye
+        var x = e2e - rot90(e2m)
+        x *= max(simd_length(e2e) * 2.0, simd_length(e2m) * 1.8) / simd_length(x)
+        let y = rot90(x), c = eye + e2m * 0.1
+        return [c - x - y, c + x - y, c + x + y, c - x + y].map { CGPoint(x: $0.x, y: $0.y) }
     }
 
     /// The S×S model input: frame warped by `matrix` (bilinear, black outside).
