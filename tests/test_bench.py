@@ -172,6 +172,19 @@ def test_plan_lists_unavailable_and_missing_paths(tmp_path):
     assert ("onnx", "bf16") in why and ("torch", "int8") in why and ("tensorrt", "bf16") in why
 
 
+def test_plan_has_torch_compile_rows_whole_model_only(tmp_path):
+    from farl_edge.bench.matrix import BenchConfig, plan
+
+    cfg = BenchConfig(models=["farl-small-300w"], targets=["torch-compile"], precisions=["fp32", "fp16", "int8"],
+                      batches=[1], out=tmp_path)
+    rows, skipped = plan(cfg, availability=lambda t: (True, ""))
+    keys = {(r.target, r.precision, r.stage) for r in rows}
+    assert {("torch-compile", "fp32", "full"), ("torch-compile", "int8", "full")} <= keys
+    assert not any(t == "torch-compile" and stage != "full" for t, _, stage in keys)
+    why = {(s["target"], s["precision"]): s["reason"] for s in skipped}
+    assert "bf16" in why[("torch-compile", "fp16")]
+
+
 def test_derived_head_stage():
     """Exported head stage = full − backbone medians; a non-positive difference is 'unreliable', not a value."""
     from types import SimpleNamespace
@@ -293,3 +306,24 @@ def test_cached_artifact_is_stale_when_model_config_or_weights_change(tmp_path):
     (dest.parent / f"{dest.name}.source.json").write_text(json.dumps({"sha256": "old"}))
     assert stale_reason(dest / "manifest.json", info, backbone) == "weights changed"
     assert stale_reason(tmp_path / "missing" / "manifest.json", info, full) is None
+
+
+@pytest.mark.slow
+def test_bench_torch_compile_int8_row(tmp_path, helen_dir):
+    """A torch.compile (inductor) row, PT2E int8 calibrated on the shipped model: measured, evaluated,
+    compared with the eager reference (minutes: inductor compiles the quantised graph)."""
+    pytest.importorskip("torchao")
+    from farl_edge.cli import main
+
+    out = tmp_path / "bench"
+    argv = ["bench", "--model", "farl-small-300w", "--targets", "torch-compile", "--precisions", "int8",
+            "--batch", "1", "--iters", "3", "--min-time", "0", "--warmup", "1", "--eval-limit", "8",
+            "--threads", "1", "--calib-size", "16", "--no-measured-floor", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    rows = {(r["target"], r["precision"]): r for r in json.loads((out / "bench.json").read_text())["rows"]
+            if r["stage"] == "full"}
+    r = rows[("torch-compile", "int8")]
+    assert r["status"] == "ok" and r["median_ms"] > 0 and r["metric_name"] == "nme_io", r
+    assert rows[("torch", "fp32")]["status"] == "ok"  # the eager reference is always measured
+    assert r["cosine"]["min"] > 0.99  # int8: close to the eager reference
+    assert abs(rows[("torch-compile", "int8")]["delta"]) < 1.0

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from farl_edge.bench.artifacts import ensure_artifact
-from farl_edge.bench.matrix import BenchConfig, Row, backend_takes, export_setting
+from farl_edge.bench.matrix import TORCH_COMPILE, BenchConfig, Row, backend_takes, export_setting
 from farl_edge.bench.weights import ModelInfo
 
 
@@ -76,6 +76,14 @@ def measure_row(cfg: BenchConfig, info: ModelInfo, row: Row, inputs: dict, refs:
             row.notes.append("autocast: weights stay fp32")
         elif cfg.device == "cuda":
             row.notes.append("CUDA, TF32 off")
+    elif row.target == TORCH_COMPILE:
+        spec["device"] = "cpu"
+        row.data["size_mb"] = info.param_bytes / 1e6
+        if row.precision == "int8":
+            spec["calibration"] = {"data": str(info.calib_dir) if info.calib_dir else None, "size": cfg.calib_size}
+            row.notes.append(f"PT2E int8 (X86InductorQuantizer), {cfg.calib_size} calibration faces")
+        elif row.precision == "bf16":
+            row.notes.append("torch.compile under autocast bf16")
     else:
         from farl_edge.export.formats import get_format
 

@@ -24,6 +24,11 @@ METRIC = {"parsing": ("f1_mean", "higher"), "alignment": ("nme_io", "lower")}
 # device → PyTorch precisions (autocast dtype; fp32 = eager, and TF32 off on CUDA)
 TORCH_PRECISIONS = {"cpu": {"fp32": None, "bf16": "bfloat16"},
                     "cuda": {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}}
+# What a PyTorch user would pick instead of an export: torch.compile (inductor) on the CPU, fp32,
+# bf16 autocast, and int8 by PT2E quantisation with the x86 inductor quantiser (torchao).
+TORCH_COMPILE = "torch-compile"
+TORCH_COMPILE_PRECISIONS = ("fp32", "bf16", "int8")
+TORCH_TARGETS = ("torch", TORCH_COMPILE)  # rows that run PyTorch in the worker (no artifact)
 
 
 @dataclass(frozen=True)
@@ -45,14 +50,15 @@ NO_PATH = {
     ("torch", "fp16"): "PyTorch CPU has no fast fp16 path (use bf16 autocast; fp16 autocast runs with --device cuda)",
     ("torch", "int8"): "PyTorch eager INT8 is not part of farl-edge (exported INT8: the export targets)",
     ("onnx", "bf16"): "ONNX Runtime's CPU provider has no bf16 kernels for this graph",
+    (TORCH_COMPILE, "fp16"): "torch.compile on the CPU: fp32, bf16 autocast and PT2E int8 (no fast fp16 kernels)",
 }
 
 
 def known_targets() -> tuple[str, ...]:
-    """torch and every export format of the formats table."""
+    """torch, torch-compile and every export format of the formats table."""
     from farl_edge.export.formats import FORMATS
 
-    return ("torch", *FORMATS)
+    return (*TORCH_TARGETS, *FORMATS)
 
 
 def known_precisions() -> tuple[str, ...]:
@@ -83,7 +89,7 @@ def int8_mode_for(fmt, preferred: str) -> str:
 
 def runs_on_host_cpu(target: str, device: str = "cpu") -> bool:
     """Whether a row's compute runs on this CPU (the floor applies only then)."""
-    if target == "torch":
+    if target in TORCH_TARGETS:
         return device == "cpu"
     from farl_edge.export.formats import FORMATS
 
@@ -235,6 +241,8 @@ def target_availability(target: str, device: str = "cpu") -> tuple[bool, str]:
 
     if target == "torch":
         return torch_availability(device)
+    if target == TORCH_COMPILE:
+        return torch_compile_availability(device)
     from farl_edge.export.formats import FORMATS
     from farl_edge.runtime.backends import available_backends
 
@@ -260,10 +268,28 @@ def target_availability(target: str, device: str = "cpu") -> tuple[bool, str]:
     return False, "; ".join(parts)
 
 
+def torch_compile_availability(device: str = "cpu") -> tuple[bool, str]:
+    """torch.compile's CPU path needs torch, a C++ compiler (inductor's code generation) and, for
+    PT2E int8, torchao."""
+    import importlib.util
+    import shutil
+
+    if device != "cpu":
+        return False, "torch-compile rows run on the CPU (--device cpu)"
+    missing = [m for m in ("torch", "torchao") if importlib.util.find_spec(m) is None]
+    if missing:
+        return False, f"needs {', '.join(missing)} (pip install 'farl-edge[export]')"
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return False, "needs a C++ compiler for inductor's CPU code (e.g. apt install g++)"
+    return True, ""
+
+
 def row_path(cfg: BenchConfig, target: str, precision: str) -> bool:
     """Whether (target, precision) has a path: PyTorch on cfg.device, or the formats table."""
     if target == "torch":
         return precision in TORCH_PRECISIONS[cfg.device]
+    if target == TORCH_COMPILE:
+        return cfg.device == "cpu" and precision in TORCH_COMPILE_PRECISIONS
     return export_setting(target, precision) is not None
 
 
@@ -304,7 +330,7 @@ def plan(cfg: BenchConfig, availability: Callable[[str], tuple[bool, str]] | Non
                     continue
                 for batch in cfg.batches:
                     rows.append(Row(model, target, precision, "full", batch))
-                for stage in ("backbone", "head"):
+                for stage in ("backbone", "head") if target != TORCH_COMPILE else ():  # whole model only
                     if stage in cfg.stages:
                         rows.append(Row(model, target, precision, stage, cfg.batches[0],
                                         status="planned" if (target == "torch" or stage == "backbone") else "derived"))

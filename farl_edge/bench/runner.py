@@ -15,11 +15,14 @@
    | --- | --- | --- | --- | --- |
    | torch (``device`` cpu) | eager fp32 | ``torch.autocast`` bf16 | – | – |
    | torch (``device`` cuda) | eager fp32, TF32 off | autocast bf16 | autocast fp16 | – |
+   | torch-compile (CPU, whole model) | inductor, frozen weights | + autocast bf16 | – | PT2E, x86 inductor quantiser (b) |
    | onnx | ORT, fused graph | – | fp16 graph | dynamic (default) or static QDQ |
    | openvino | fp32 IR, hint f32 | the same fp32 IR, hint bf16 | fp16-compressed IR | NNCF PTQ (a) |
    | any other format (tensorrt, tensorrt-rtx, coreml, ...) | each of ``Format.precisions`` | | | |
 
-   (a) the rest in the device default: bf16 on AMX. The OpenVINO hints are
+   (a) the rest in the device default: bf16 on AMX. (b) torchao's ``X86InductorQuantizer`` default
+   config (static per-tensor activations, per-channel weights), calibrated on the export's
+   calibration faces, then ``torch.compile``. The OpenVINO hints are
    INFERENCE_PRECISION_HINT; the OpenVINO fp32/bf16 rows are the only bench-side settings
    (:data:`~farl_edge.bench.matrix.RUNTIME_VARIANTS`, keyed by (target, precision)). Any other
    format's rows are exported as themselves. ``precisions`` items may name a target
@@ -55,7 +58,7 @@ from farl_edge.bench import hardware
 from farl_edge.bench.artifacts import artifact_dir, ensure_artifact, export_kwargs
 from farl_edge.bench.derive import derive, kernel_throughput, measured_floors
 from farl_edge.bench.driver import measure_row, prepare_inputs
-from farl_edge.bench.matrix import METRIC, BenchConfig, Row, export_setting, plan
+from farl_edge.bench.matrix import METRIC, TORCH_TARGETS, BenchConfig, Row, export_setting, plan
 from farl_edge.bench.weights import ModelInfo, data_dir, resolve_weights
 from farl_edge.utils import package_version
 
@@ -107,7 +110,7 @@ def dry_run(cfg: BenchConfig, rows: list[Row], skipped: list[dict]) -> dict:
 
     exports: dict[str, dict] = {}
     for r in rows:
-        if r.target == "torch" or r.status != "planned":
+        if r.target in TORCH_TARGETS or r.status != "planned":
             continue
         setting = export_setting(r.target, r.precision)
         dest = artifact_dir(cfg, r, setting.precision)
@@ -164,7 +167,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         infos[model] = info
         if cfg.export_only:
             for r in mine:
-                if r.target == "torch":
+                if r.target in TORCH_TARGETS:
                     continue
                 if spent():
                     skip(r)
