@@ -124,13 +124,14 @@ def test_every_format_plans_exports_and_measures(stubs, tmp_path):
     # a thread count only for the runtimes that take one
     for target in FORMATS:
         opts = by_row[(target, "fp32", "full", 1)]["runtime_options"]
-        assert ("threads" in opts) == (FORMATS[target].backend in ("onnxruntime", "openvino")), (target, opts)
+        assert ("threads" in opts) == (FORMATS[target].backend in ("onnxruntime", "openvino", "executorch", "litert")), \
+            (target, opts)
     # one export per (target, export precision, stage, batch), int8 in the format's own mode
     exported = {(e["target"], e["precision"], e["dir"].split("-b")[-1]) for e in stubs.exports}
     assert len(stubs.exports) == len({e["dir"] for e in stubs.exports})
     assert ("tensorrt", "int8", "1") in exported and ("coreml", "fp16", "2") in exported
     modes = {e["target"]: e["int8_mode"] for e in stubs.exports if e["precision"] == "int8"}
-    assert modes == {t: ("dynamic" if t == "onnx" else f.int8_modes[0]) for t, f in FORMATS.items()
+    assert modes == {t: ("dynamic" if "dynamic" in f.int8_modes else f.int8_modes[0]) for t, f in FORMATS.items()
                      if "int8" in f.precisions}
     # the report is written, and says what ran where
     md = (tmp_path / "out" / "bench.md").read_text()

@@ -184,6 +184,22 @@ register_format(Format(
     options=("coreml_weights", "coreml_activations", "deployment_target"),
     notes={"build_needs": "CPU (any OS; W8A8 calibration on macOS)", "run_needs": "macOS / iOS (Core ML)"},
 ))
+# Android: ExecuTorch (XNNPACK) and LiteRT. Both run here too (x86 XNNPACK), so they validate here.
+register_format(Format(
+    target="executorch", precisions=("fp32", "int8"), builder="farl_edge.export.executorch_export:build",
+    backend="executorch", extra="android", requires=("torch", "executorch", "torchao"),
+    description="ExecuTorch program (.pte) lowered to XNNPACK; int8 = PT2E static, XNNPACKQuantizer "
+                "(per-channel weights), calibrated on faces",
+    notes={"build_needs": "CPU", "run_needs": "CPU (Android / iOS / Linux: ExecuTorch runtime, XNNPACK)"},
+))
+register_format(Format(
+    target="litert", precisions=("fp32", "fp16", "int8"), builder="farl_edge.export.litert_export:build",
+    backend="litert", extra="android", requires=("torch", "litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
+    description="LiteRT flatbuffer (.tflite) from litert-torch; fp16 = fp16 weights; int8 = AI Edge Quantizer on "
+                "the GEMMs and convolutions: static (calibrated int8 activations) or dynamic",
+    int8_modes=("static", "dynamic"),
+    notes={"build_needs": "CPU", "run_needs": "CPU (Android / Linux: LiteRT interpreter, XNNPACK)"},
+))
 
 # Every builder option any target takes (recipe keys, CLI flags), derived from the formats above.
 ALL_BUILDER_OPTIONS: frozenset[str] = frozenset(o for f in FORMATS.values() for o in f.options)

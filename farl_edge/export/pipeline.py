@@ -136,7 +136,7 @@ def export(request: ExportRequest) -> ExportResult:
     mf.check_writable(dest)
     evaluation = evaluation_set(cfg, r.eval_data, r.eval_size)
     calibration = calibration_set(cfg, r.calib, r.calib_size) if precision == "int8" and not (
-        target == "onnx" and r.int8_mode == "dynamic") else None
+        target in ("onnx", "litert") and r.int8_mode == "dynamic") else None
     if calibration is not None and calibration.kind == "images" and r.calib \
             and cfg.preprocess.get("warp") not in (None, "full"):
         log(f"note: {r.calib} has no annotations: calibration crops are whole images resized "

@@ -15,6 +15,8 @@ BACKENDS: dict[str, str] = {
     "openvino": "farl_edge.runtime.backends.openvino_backend",
     "tensorrt": "farl_edge.runtime.backends.tensorrt_backend",
     "coreml": "farl_edge.runtime.backends.coreml_backend",
+    "executorch": "farl_edge.runtime.backends.executorch_backend",
+    "litert": "farl_edge.runtime.backends.litert_backend",
 }
 
 
