@@ -49,7 +49,7 @@ SETTINGS = {
     "small": {"batch": "1,8", "iters": "20", "min-time": "3", "warmup": "3", "max-time": "60", "eval-limit": "330",
               "calib-size": "64"},
 }
-TARGETS = "torch,onnx,openvino,tensorrt,tensorrt-rtx,coreml"
+TARGETS = "torch,torch-compile,onnx,openvino,executorch,litert,tensorrt,tensorrt-rtx,coreml"
 PRECISIONS = "fp32,bf16,int8"
 
 

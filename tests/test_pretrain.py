@@ -301,6 +301,16 @@ def test_torchrun_two_ranks_finite_and_in_sync(straight_run):
     assert json.loads((straight_run / "result.json").read_text())["steps"] == 5
 
 
+def test_mim_only_arm_trains_without_the_contrastive_loss(shards, tmp_path):
+    """contrastive_weight 0 (the ablation's MIM-only arm): the loss is the MIM loss alone."""
+    out = tmp_path / "mim"
+    _torchrun(shards, out, "--set", "contrastive_weight=0", "--total-steps", "2")
+    rows = _log(out)
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    for r in rows:
+        assert float(r["loss_clip"]) == 0.0 and float(r["loss"]) == pytest.approx(float(r["loss_mim"]))
+
+
 def test_checkpoint_loads_with_official_loader(straight_run):
     from farl_edge.checkpoint import load_clip_weights
     from farl_edge.models.factory import create_clip_model

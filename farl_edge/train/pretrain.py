@@ -9,7 +9,8 @@ paper describes. Run it with torchrun (``train/pretrain.py``). Per step and rank
 3. MIM on the same encoder (``mim.py``): mask_token at masked patches, same ViT blocks, then
    ``lm_transformer`` → ``ln_lm`` → ``lm_head`` predicting visual tokens (FaRL) or normalised pixels
    (stand-in);
-4. loss = contrastive + ``mim.weight`` · MIM; AdamW, warm-up + cosine schedule.
+4. loss = ``contrastive_weight`` · contrastive + ``mim.weight`` · MIM; AdamW, warm-up + cosine
+   schedule (``contrastive_weight`` 0: MIM only).
 
 Outputs in ``output``: ``last.pt`` (resume state: model, optimiser, scheduler, step, RNG, data
 stream positions of every rank), ``checkpoints/step-XXXXXXXX.pth`` in the official FaRL layout
@@ -65,6 +66,7 @@ DEFAULTS = {
     "save_every": 1000,
     "keep_checkpoints": 5,       # official-layout files kept in checkpoints/ (None: all)
     "init": None,                # start from an official FaRL .pth (or one of ours)
+    "contrastive_weight": 1.0,   # 0: masked image modelling only (the ablation's MIM-only arm; captions unused)
     "trust_torchscript": False,  # allow a TorchScript mim.tokenizer (loading it runs code from the file)
     # require_text False: images without caption join masked image modelling only (mixed batches)
     "data": {"shuffle_buffer": 1000, "crop_scale": [0.9, 1.0], "crop_ratio": [0.75, 1.3333333333333333],
@@ -367,6 +369,8 @@ def run(cfg: dict) -> dict:
             images = batch["image"].to(info.device, non_blocking=True)
             text = batch["text"].to(info.device, non_blocking=True)
             has_text = batch["has_text"].to(info.device)
+            if not cfg["contrastive_weight"]:
+                has_text = torch.zeros_like(has_text)  # MIM only: the text tower sees one row, the loss is 0
             mask = tokens = None
             if use_mim:
                 mask = mim_lib.generate_masks(images.shape[0], grid, m["mask_ratio"], m["mask_mode"],
@@ -381,7 +385,7 @@ def run(cfg: dict) -> dict:
             loss_mim = torch.zeros((), device=info.device)
             if use_mim:
                 loss_mim = mim_lib.mim_loss(pred, images, mask, m["target"], patch, tokens, m["norm_pix"])
-            loss = loss_clip + m["weight"] * loss_mim
+            loss = cfg["contrastive_weight"] * loss_clip + m["weight"] * loss_mim
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"rank {info.rank}: loss is {loss.item()} at step {step + 1}"
                                          f" (contrastive {loss_clip.item()}, MIM {loss_mim.item()})")
