@@ -34,6 +34,20 @@ def int8_artifact(request, tmp_path_factory):
     return target, precision, _export(target, precision, tmp_path_factory.mktemp(target) / "art")
 
 
+def test_android_artifact_opens_in_a_fresh_process(int8_artifact):
+    """The runtime side alone (no exporter imported): e.g. the int8 program's (de)quantise kernels
+    must be registered by the backend itself."""
+    import subprocess
+    import sys
+
+    _, _, artifact = int8_artifact
+    code = ("import numpy as np; from farl_edge.runtime import load; s = load(%r); "
+            "out = s(np.zeros((1, 3, s.input_size, s.input_size), np.float32)); print(sorted(out))") % str(artifact)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "['heatmaps', 'landmarks']" in proc.stdout
+
+
 def _eval_both(artifact):
     from farl_edge.datasets import open_dataset
     from farl_edge.evaluate import evaluate

@@ -30,6 +30,8 @@ class ExecuTorchRunner:
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
 
+        import executorch.kernels.quantized  # noqa: F401 - registers the (de)quantise kernels int8 programs call
+
         if threads:
             portable_lib._unsafe_reset_threadpool(int(threads))  # noqa: SLF001 - XNNPACK's thread pool size
         self.method = Runtime.get().load_program(Path(model_path)).load_method("forward")
