@@ -115,6 +115,17 @@ class ExportConfig:
         return tol.replace(**overrides) if overrides else tol
 
 
+def example_input(export_cfg: ExportConfig, target: str):
+    """A seeded (B, 3, S, S) example at the artifact's fixed batch, for exporters that trace one
+    (``target`` names the format in the error when the batch is dynamic)."""
+    import torch
+
+    if export_cfg.batch is None:
+        raise ValueError(f"{target} artifacts have a fixed batch: pass --batch N (default 1)")
+    s = export_cfg.input_size
+    return (torch.rand(export_cfg.batch, 3, s, s, generator=torch.Generator().manual_seed(0)),)
+
+
 def export_config(cfg: ModelConfig, batch: int | None = 1, **changes) -> ExportConfig:
     """The export configuration of a registry model (``batch=None``: dynamic batch)."""
     if batch is not None and int(batch) < 1:

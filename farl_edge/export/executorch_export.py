@@ -12,18 +12,10 @@
 """
 from __future__ import annotations
 
+from farl_edge.export.config import example_input
 from farl_edge.utils import package_version, quiet
 
 PTE = "model.pte"
-
-
-def _example(export_cfg):
-    import torch
-
-    if export_cfg.batch is None:
-        raise ValueError("ExecuTorch programs have a fixed batch: pass --batch N (default 1)")
-    s = export_cfg.input_size
-    return (torch.rand(export_cfg.batch, 3, s, s, generator=torch.Generator().manual_seed(0)),)
 
 
 def quantize_pt2e(model, example, calibration_batches, log=print):
@@ -67,7 +59,7 @@ def build(job):
     """Builder of target ``executorch`` (see farl_edge.export.formats)."""
     from farl_edge.export.formats import BuildResult
 
-    example = _example(job.export_cfg)
+    example = example_input(job.export_cfg, "ExecuTorch")
     model = job.model.eval()
     info = {"exporter": f"executorch {package_version('executorch', '?')}", "delegate": "XNNPACK"}
     with quiet(stderr=True):

@@ -20,19 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from farl_edge.export.config import example_input
 from farl_edge.utils import package_version, quiet
 
 TFLITE = "model.tflite"
 SIGNATURE = "serving_default"
-
-
-def _example(export_cfg):
-    import torch
-
-    if export_cfg.batch is None:
-        raise ValueError("LiteRT models have a fixed batch here: pass --batch N (default 1)")
-    s = export_cfg.input_size
-    return (torch.rand(export_cfg.batch, 3, s, s, generator=torch.Generator().manual_seed(0)),)
 
 
 def convert_float(model, example, path: Path) -> None:
@@ -96,7 +88,7 @@ def build(job):
     """Builder of target ``litert`` (see farl_edge.export.formats)."""
     from farl_edge.export.formats import BuildResult
 
-    example = _example(job.export_cfg)
+    example = example_input(job.export_cfg, "LiteRT")
     out = job.folder / TFLITE
     info = {"exporter": f"litert-torch {package_version('litert-torch', '?')}"}
     job.log(f"torch → LiteRT ({job.precision})")
