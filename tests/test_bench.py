@@ -309,6 +309,7 @@ def test_cached_artifact_is_stale_when_model_config_or_weights_change(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # minutes of inductor compilation; the plan test above always runs
 def test_bench_torch_compile_int8_row(tmp_path, helen_dir):
     """A torch.compile (inductor) row, PT2E int8 calibrated on the shipped model: measured, evaluated,
     compared with the eager reference (minutes: inductor compiles the quantised graph)."""

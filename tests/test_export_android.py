@@ -12,6 +12,9 @@ import pytest
 from conftest import shared_data
 
 MODEL = "farl-small-300w"
+# Float exports cost minutes each: the default run keeps one, the rest are ``extended``.
+FLOAT_ROWS = [pytest.param("executorch", "fp32", marks=pytest.mark.extended),
+              pytest.param("litert", "fp32", marks=pytest.mark.extended), ("litert", "fp16")]
 EVAL_FACES = 16
 NME_GATE = {"fp32": 0.005, "fp16": 0.02, "int8": 0.1}  # |Δnme_io|, the export tolerances (config.py)
 
@@ -94,7 +97,7 @@ def test_tampered_android_model_file_is_refused(int8_artifact, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target, precision", [("executorch", "fp32"), ("litert", "fp32"), ("litert", "fp16")])
+@pytest.mark.parametrize("target, precision", FLOAT_ROWS)
 def test_android_float_exports_match_pytorch(target, precision, tmp_path):
     artifact = _export(target, precision, tmp_path / "art")
     from farl_edge.runtime import load
