@@ -35,10 +35,8 @@ FARL_RATIO = 512 / 448  # FaRL's crop over its network input
 
 
 def with_protocol(model, protocol: str):
-    cfg = model.cfg
-    crop = int(round(cfg.input_size * FARL_RATIO)) if protocol == "farl" else cfg.input_size
-    model.cfg = dataclasses.replace(cfg, preprocess={**cfg.preprocess.to_dict(), "protocol": protocol,
-                                                     "crop_size": crop})
+    """``model`` under ``protocol``, its farl crop at FaRL's 512/448 ratio of the network size."""
+    model.cfg = model.cfg.with_protocol(protocol, crop_size=int(round(model.cfg.input_size * FARL_RATIO)))
     return model
 
 

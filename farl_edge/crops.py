@@ -47,6 +47,14 @@ def crop_matrix(preprocess: PreprocessCfg | dict, size: int, *, landmarks=None, 
     return geometry.similarity_from_5pts(five_points, size)
 
 
+def warp_source(image_rgb: np.ndarray, preprocess: PreprocessCfg | dict) -> np.ndarray:
+    """The image ``warp_input`` samples: float32 in [0, 1] under the ``farl`` protocol (made once
+    per frame by callers that warp several faces), else the uint8 image itself."""
+    if _pre(preprocess).farl and image_rgb.dtype == np.uint8:
+        return image_rgb.astype(np.float32) * np.float32(1 / 255)
+    return image_rgb
+
+
 def warp_input(image_rgb: np.ndarray, matrix: np.ndarray, size: int, preprocess: PreprocessCfg | dict) -> np.ndarray:
     """uint8 RGB image → warped RGB model input (tanh-warp when the model asks for it).
 
@@ -54,11 +62,10 @@ def warp_input(image_rgb: np.ndarray, matrix: np.ndarray, size: int, preprocess:
     to [0, 1] before warping, so its crops are never rounded to 8 bits).
     """
     preprocess = _pre(preprocess)
-    if preprocess.float_warp and image_rgb.dtype == np.uint8:
-        image_rgb = image_rgb.astype(np.float32) * np.float32(1 / 255)
+    image_rgb = warp_source(image_rgb, preprocess)
     if preprocess.warp == "tanh":
         return geometry.tanh_warp_image(image_rgb, matrix, size, float(preprocess.warp_factor),
-                                        farl_grid=preprocess.farl_grid)
+                                        farl_grid=preprocess.farl)
     return geometry.warp_image(image_rgb, matrix, size)
 
 
@@ -67,7 +74,7 @@ def warp_label_map(labels: np.ndarray, matrix: np.ndarray, size: int, preprocess
     preprocess = _pre(preprocess)
     if preprocess.warp == "tanh":
         return geometry.tanh_warp_image(labels, matrix, size, float(preprocess.warp_factor),
-                                        interpolation=cv2.INTER_NEAREST, farl_grid=preprocess.farl_grid)
+                                        interpolation=cv2.INTER_NEAREST, farl_grid=preprocess.farl)
     return geometry.warp_image(labels, matrix, size, interpolation=cv2.INTER_NEAREST)
 
 
@@ -76,7 +83,7 @@ def landmarks_to_input(landmarks: np.ndarray, matrix: np.ndarray, size: int, pre
     preprocess = _pre(preprocess)
     if preprocess.warp == "tanh":
         return geometry.tanh_warp_points(landmarks, matrix, size, float(preprocess.warp_factor),
-                                         farl_grid=preprocess.farl_grid)
+                                         farl_grid=preprocess.farl)
     return geometry.transform_points(landmarks, matrix)
 
 
@@ -93,7 +100,7 @@ def landmarks_to_image(landmarks: np.ndarray, matrix: np.ndarray, size: int, pre
     preprocess = _pre(preprocess)
     if preprocess.warp == "tanh":
         return geometry.tanh_unwarp_points(landmarks, matrix, size, float(preprocess.warp_factor),
-                                           farl_grid=preprocess.farl_grid)
+                                           farl_grid=preprocess.farl)
     return geometry.transform_points(landmarks, geometry.invert_affine(matrix))
 
 
@@ -110,7 +117,7 @@ def logits_to_label_map(logits: np.ndarray, matrix: np.ndarray, size: int, prepr
     preprocess = _pre(preprocess)
     if preprocess.warp == "tanh":
         back = geometry.tanh_unwarp_scores(scores, matrix, size, float(preprocess.warp_factor), out_hw,
-                                           farl_grid=preprocess.farl_grid)
+                                           farl_grid=preprocess.farl)
     else:
         back = geometry.unwarp_scores(scores, matrix, out_hw)
     return back.argmax(axis=0).astype(np.uint8)

@@ -237,13 +237,9 @@ class PreprocessCfg(ConfigSection):
             raise ValueError(f"preprocess: crop_size must be an integer of at least 16, not {self.crop_size!r}")
 
     @property
-    def float_warp(self) -> bool:
-        """FaRL scales pixels to [0, 1] before warping; the direct path warps uint8."""
-        return self.protocol == "farl"
-
-    @property
-    def farl_grid(self) -> bool:
-        """The tanh warp on FaRL's pixel-index grid (see :func:`farl_edge.geometry.tanh_warp_points`)."""
+    def farl(self) -> bool:
+        """FaRL's protocol: pixels scaled to [0, 1] before warping (the direct path warps uint8) and
+        the tanh warp on FaRL's pixel-index grid (:func:`farl_edge.geometry.tanh_warp_points`)."""
         return self.protocol == "farl"
 
 
@@ -329,9 +325,11 @@ class ModelConfig:
         ``input_size``), else ``input_size``."""
         return int(self.preprocess.crop_size) if self.preprocess.protocol == "farl" else int(self.input_size)
 
-    def with_protocol(self, protocol: str) -> "ModelConfig":
-        """This config with ``preprocess.protocol`` set (``farl`` or ``direct``)."""
-        return dataclasses.replace(self, preprocess={**self.preprocess.to_dict(), "protocol": protocol})
+    def with_protocol(self, protocol: str, crop_size: int | None = None, **changes) -> "ModelConfig":
+        """This config with ``preprocess.protocol`` (``farl`` or ``direct``) and, when given,
+        ``preprocess.crop_size`` set; ``changes``: other fields, as ``dataclasses.replace``."""
+        pre = {**self.preprocess.to_dict(), "protocol": protocol, **({"crop_size": crop_size} if crop_size else {})}
+        return dataclasses.replace(self, preprocess=pre, **changes)
 
     @property
     def num_outputs(self) -> int:

@@ -110,8 +110,7 @@ def farl_protocol_model(name: str, crop: int = CROP):
 
     model = create_model(name)
     direct = create_model(name)
-    model.cfg = dataclasses.replace(model.cfg, preprocess={**model.cfg.preprocess.to_dict(), "protocol": "farl",
-                                                           "crop_size": crop})
+    model.cfg = model.cfg.with_protocol("farl", crop_size=crop)
     return model.eval(), direct.eval()
 
 

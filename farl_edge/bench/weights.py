@@ -3,7 +3,6 @@ random init saved once), its GMACs and parameters, its data folders, its op shap
 the measured floor) and its backbone as a model of its own (for the backbone stage)."""
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,10 +109,9 @@ def backbone_module(info: ModelInfo):
     from farl_edge.models.task_model import FaRLModel
 
     full = create_model(info.name, checkpoint=info.checkpoint, pretrained=info.pretrained)
-    bcfg = dataclasses.replace(full.cfg, name=f"{full.cfg.name}-backbone", task="backbone", head=None, labels=None,
-                               num_landmarks=None, weights=None, base=full.cfg.name,
-                               description=f"backbone stage of {full.cfg.name} (benchmark)",
-                               preprocess={**full.cfg.preprocess.to_dict(), "protocol": "direct"})  # the ViT at its size
+    bcfg = full.cfg.with_protocol(  # direct: the ViT at its own size
+        "direct", name=f"{full.cfg.name}-backbone", task="backbone", head=None, labels=None, num_landmarks=None,
+        weights=None, base=full.cfg.name, description=f"backbone stage of {full.cfg.name} (benchmark)")
     bb = FaRLModel(bcfg)
     bb.backbone.load_state_dict(full.backbone.state_dict())
     return bb.eval()

@@ -263,16 +263,23 @@ class FacePipeline:
         return crops.crop_matrix(self.preprocess, self.size, five_points=det.five_points)
 
     def _warp(self, rgb: np.ndarray, m: np.ndarray, cache: dict) -> np.ndarray:
+        """One face's crop; ``cache`` keeps this frame's shrunk copies and warp sources (float under
+        the farl protocol) so that several faces convert the frame once."""
+        def source(k: int) -> np.ndarray:
+            if k not in cache:
+                img = rgb
+                if k > 1:
+                    h, w = rgb.shape[:2]
+                    img = cv2.resize(rgb, (max(1, w // k), max(1, h // k)), interpolation=cv2.INTER_AREA)
+                cache[k] = crops.warp_source(img, self.preprocess)
+            return cache[k]
+
         scale = math.sqrt(abs(np.linalg.det(m[:, :2])))
         if self.antialias and scale < 0.5:
-            k = int(1.0 / scale)
-            if k not in cache:
-                h, w = rgb.shape[:2]
-                cache[k] = cv2.resize(rgb, (max(1, w // k), max(1, h // k)), interpolation=cv2.INTER_AREA)
-            small = cache[k]
+            small = source(int(1.0 / scale))
             to_frame = np.array([[rgb.shape[1] / small.shape[1], 0, 0], [0, rgb.shape[0] / small.shape[0], 0]])
             return crops.warp_input(small, geometry.compose_affine(m, to_frame), self.size, self.preprocess)
-        return crops.warp_input(rgb, m, self.size, self.preprocess)
+        return crops.warp_input(source(1), m, self.size, self.preprocess)
 
     def _label_region(self, m: np.ndarray, frame_hw) -> tuple[int, int, int, int] | None:
         h, w = frame_hw

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from farl_edge.errors import UserError
+from farl_edge.utils import package_version
 
 NAME = "executorch"
 
@@ -36,7 +37,7 @@ class ExecuTorchRunner:
             portable_lib._unsafe_reset_threadpool(int(threads))  # noqa: SLF001 - XNNPACK's thread pool size
         self.method = Runtime.get().load_program(Path(model_path)).load_method("forward")
         self.output_names = [o["name"] for o in manifest["outputs"]]
-        self.info = {"backend": NAME, "version": _version(), "delegate": "XNNPACK",
+        self.info = {"backend": NAME, "version": package_version("executorch", "?"), "delegate": "XNNPACK",
                      "threads": portable_lib._threadpool_get_thread_count()}  # noqa: SLF001
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -44,12 +45,6 @@ class ExecuTorchRunner:
 
         outs = self.method.execute([torch.from_numpy(np.ascontiguousarray(batch, np.float32))])
         return {n: np.asarray(o, dtype=np.float32) for n, o in zip(self.output_names, outs)}
-
-
-def _version() -> str:
-    from farl_edge.utils import package_version
-
-    return package_version("executorch", "?")
 
 
 def open(model_path: Path, manifest: dict, **options) -> ExecuTorchRunner:  # noqa: A001 - backend protocol

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from farl_edge.errors import UserError
+from farl_edge.utils import package_version
 
 NAME = "litert"
 SIGNATURE = "serving_default"
@@ -38,17 +39,12 @@ class LiteRTRunner:
         self.input_name = sig["inputs"][0]
         names = [o["name"] for o in manifest["outputs"]]
         self.output_map = dict(zip(sorted(sig["outputs"], key=_position), names))
-        self.info = {"backend": NAME, "version": _version(), "threads": threads, "delegate": "XNNPACK (CPU)"}
+        self.info = {"backend": NAME, "version": package_version("ai-edge-litert", "?"), "threads": threads,
+                     "delegate": "XNNPACK (CPU)"}
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         outs = self.runner(**{self.input_name: np.ascontiguousarray(batch, np.float32)})
         return {self.output_map[k]: np.asarray(v, dtype=np.float32) for k, v in outs.items()}
-
-
-def _version() -> str:
-    from farl_edge.utils import package_version
-
-    return package_version("ai-edge-litert", "?")
 
 
 def open(model_path: Path, manifest: dict, **options) -> LiteRTRunner:  # noqa: A001 - backend protocol
