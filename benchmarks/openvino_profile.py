@@ -158,7 +158,7 @@ def heaviest_node(results: list[dict]) -> list[str]:
         precision = kernel_precision(n["kernel"])
         if n.get("gmacs") and precision in ("int8", "bf16", "fp16", "fp32"):
             rate = n["gmacs"] / n["ms"]  # GMACs per ms = TMAC/s
-            per_cycle, isa = peak_macs_per_cycle(cpu.flags, precision)
+            per_cycle, isa = peak_macs_per_cycle(cpu.flags, precision, cpu.zmm_ports)
             cores = cores_used(cpu, r.get("threads", 1))
             peak = per_cycle * cores * cpu.mhz * 1e6 / 1e12
             text += (f"; {n['gmacs']:.3g} GMACs → {rate:.2f} TMAC/s = {100 * rate / peak:.0f} % of the "

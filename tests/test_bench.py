@@ -125,6 +125,41 @@ def test_peak_rates_per_isa():
     assert hardware.peak_macs_per_cycle(set(), "int8")[0] == 4
 
 
+ZEN4_CPUINFO = """processor	: 0
+vendor_id	: AuthenticAMD
+cpu family	: 25
+model		: 17
+model name	: AMD EPYC
+cpu MHz		: 2596.136
+physical id	: 0
+core id		: 0
+flags		: fpu sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni avx512_bf16
+"""
+
+
+def test_zen4_issues_one_512_bit_op_per_cycle():
+    """AMD family 25 with AVX-512 (Zen 4) gets half of the AVX-512 rates; AVX2, AMX and Intel keep theirs."""
+    info = hardware.parse_cpuinfo(ZEN4_CPUINFO)
+    assert info["family"] == 25 and info["vendor"] == "AuthenticAMD"
+    flags = info["flags"]
+    assert hardware.zmm_ports("AuthenticAMD", 25, flags) == 1
+    assert hardware.zmm_ports("AuthenticAMD", 26, flags) == 2  # Zen 5: full-width units
+    assert hardware.zmm_ports("GenuineIntel", 6, flags) == 2
+    assert hardware.zmm_ports("AuthenticAMD", 25, {"avx2", "fma"}) == 2  # Zen 3: no AVX-512 at all
+    assert hardware.peak_macs_per_cycle(flags, "int8", zmm_ports=1) == (64, "avx512_vnni")
+    assert hardware.peak_macs_per_cycle(flags, "bf16", zmm_ports=1) == (32, "avx512_bf16")
+    assert hardware.peak_macs_per_cycle(flags, "fp32", zmm_ports=1) == (16, "avx512f")
+    assert hardware.peak_macs_per_cycle({"fma"}, "fp32", zmm_ports=1) == (16, "fma")
+    assert hardware.peak_macs_per_cycle({"amx_int8", "avx512f"}, "int8", zmm_ports=1) == (1024, "amx_int8")
+    # farl-small-300w, 2.3187 GMACs int8 on 2 Zen 4 cores at 2596 MHz: 2.3187e9 / (64 × 2 × 2.596e9) = 6.98 ms
+    assert hardware.floor_ms(2.3187, "int8", flags, 2, 2596.136, zmm_ports=1) == pytest.approx(6.977, abs=1e-3)
+    with pytest.raises(ValueError, match="zmm_ports"):
+        hardware.peak_macs_per_cycle(flags, "int8", zmm_ports=4)
+    cpu = hardware.CpuInfo("AMD EPYC", "AuthenticAMD", sorted(flags & set(hardware.ISA_FLAGS)), 2, 2, 2596.1, "t",
+                           family=25)
+    assert cpu.zmm_ports == 1 and hardware.peak_table(cpu, 2)["int8"]["macs_per_cycle_core"] == 64
+
+
 def test_floor_hand_computed():
     amx = {"amx_int8", "amx_bf16", "avx512f"}
     # 450 GMACs on 2 AMX cores at 2929.7 MHz, int8: 450e9 / (1024 * 2 * 2.9297e9) = 75.0 ms

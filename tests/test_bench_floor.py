@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from farl_edge.bench.floor import (KERNEL_PRECISION, OpShape, ThroughputCache, collect_op_shapes, measure_throughput,
-                                   measured_floor)
+from farl_edge.bench.floor import (KERNEL_PRECISION, OpShape, ThroughputCache, chain_length, collect_op_shapes,
+                                   measure_throughput, measured_floor, timed_graph)
 
 
 class Tiny(nn.Module):
@@ -73,3 +73,35 @@ def test_single_op_graphs_run_at_each_precision(shape):
     for precision in ("f32", "bf16", "int8"):
         tmacs = measure_throughput(shape, precision, threads=1, min_time_s=0.02, max_iters=10)
         assert 0 < tmacs < 100, (precision, tmacs)
+
+
+@pytest.mark.parametrize("shape, op_type, chained", [
+    (OpShape("gemm", (197, 384, 1536)), "MatMul", True),
+    (OpShape("attention", (6, 197, 64, 197)), "MatMul", True),
+    (OpShape("conv", (1, 16, 14, 14, 8, 3, 3, 1, 1, 1, 1, 1)), "Convolution", True),
+    (OpShape("conv", (1, 8, 14, 14, 8, 3, 3, 1, 1, 1, 1, 8)), "GroupConvolution", True),
+    (OpShape("conv", (1, 3, 224, 224, 384, 16, 16, 16, 16, 0, 0, 1)), "Convolution", False),
+], ids=["gemm", "attention", "conv3x3", "depthwise", "patch-embed"])
+def test_timed_graph_repeats_the_shape_as_a_chain(shape, op_type, chained):
+    """The timed graph runs exactly ``n`` ops of the shape's MACs; chains feed each op into the next
+    and end in the input's shape (each op followed by its return), strided convolutions run as copies."""
+    model, n = timed_graph(shape, "int8")
+    ops = [op for op in model.get_ordered_ops() if op.get_type_name() == op_type]
+    assert len(ops) == n >= 1
+    assert len([op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]) == 2 * n
+    if chained:
+        assert n == chain_length(shape) and n % 2 == 0
+        assert len(model.outputs) == 1
+        assert tuple(model.outputs[0].get_shape()) == tuple(model.inputs[0].get_shape())
+        for a, b in zip(ops, ops[1:]):  # each op's output is the next op's (quantised) input
+            assert b.input_value(0).get_node().input_value(0).get_node() is a
+    else:
+        assert len(model.outputs) == n
+    float_model, m = timed_graph(shape, "f32")
+    assert m == n and not [op for op in float_model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
+
+
+def test_chain_length_hides_the_call_cost_of_small_shapes():
+    assert chain_length(OpShape("gemm", (197, 384, 384))) >= 14        # 29 MMACs: a long chain
+    assert chain_length(OpShape("gemm", (785, 768, 3072))) == 2        # 1.85 GMACs: the op and its return
+    assert chain_length(OpShape("gemm", (4, 4, 4))) == 32              # capped

@@ -78,7 +78,7 @@ def derive(rows: list[Row], infos: dict, cpu: hardware.CpuInfo, threads: int, ba
         if r.data.get("median_ms"):
             # The floor is this CPU's: rows that run on a GPU / Core ML get none.
             if r.precision in hardware.DTYPES and runs_on_host_cpu(r.target, device):
-                fl = hardware.floor_ms(gm, r.precision, cpu.flags, cores, cpu.mhz, r.batch)
+                fl = hardware.floor_ms(gm, r.precision, cpu.flags, cores, cpu.mhz, r.batch, cpu.zmm_ports)
                 r.data["floor_ms"] = fl
                 r.data["x_floor"] = r.data["median_ms"] / fl
                 r.data["pct_of_floor"] = 100.0 * fl / r.data["median_ms"]
