@@ -45,9 +45,35 @@ def kernel_precision(exec_type: str) -> str:
 
 
 # OpenVINO CPU node types → the op classes of farl_edge.bench.floor
-OP_CLASS = {"FullyConnected": "gemm", "MatMul": "attention", "ScaledDotProductAttention": "attention",
-            "Convolution": "conv", "GroupConvolution": "conv"}
-PRECISION_OF_HINT = {"f32": "fp32", "bf16": "bf16"}
+OP_CLASS = {"FullyConnected": "gemm", "FullyConnectedQuantizedLegacy": "gemm", "FullyConnectedCompressed": "gemm",
+            "MatMul": "attention", "ScaledDotProductAttention": "attention",
+            "Convolution": "conv", "GroupConvolution": "conv", "ConvolutionBackpropData": "conv",
+            "GroupConvolutionBackpropData": "conv"}
+
+
+def attention_node_names(model) -> set[str]:
+    """Friendly names of the IR's attention nodes: ScaledDotProductAttention, and MatMuls whose two
+    operands are both activations (a MatMul with a weight operand, even behind FakeQuantize /
+    Convert / Multiply, is a linear layer)."""
+    constant_fed: set[str] = set()  # nodes computed from constants only, in topological order
+    names = set()
+    for op in model.get_ordered_ops():
+        kind, name = op.get_type_name(), op.get_friendly_name()
+        inputs = [op.input_value(i).get_node().get_friendly_name() for i in range(op.get_input_size())]
+        if kind == "Constant" or (kind != "Parameter" and inputs and all(i in constant_fed for i in inputs)):
+            constant_fed.add(name)
+        if kind == "ScaledDotProductAttention" or (kind == "MatMul" and not set(inputs[:2]) & constant_fed):
+            names.add(name)
+    return names
+
+
+def op_class_of(node_type: str, originals: set[str], attention_nodes: set[str]) -> str:
+    """Op class of a profiled node that executes the IR nodes ``originals``. The CPU plugin runs a
+    ScaledDotProductAttention as a fused ``Subgraph``: a node executing an attention node is attention."""
+    if originals & attention_nodes:
+        return "attention"
+    return OP_CLASS.get(node_type, "other")
+PRECISION_OF_HINT = {"f32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "float32": "fp32"}
 
 
 def op_class_table(result: dict, artifact: Path, threads: int) -> list[dict]:
@@ -62,9 +88,7 @@ def op_class_table(result: dict, artifact: Path, threads: int) -> list[dict]:
     row_precision = "int8" if manifest["precision"] == "int8" else PRECISION_OF_HINT.get(
         result["precision_used"].lower().replace("<type: '", "").rstrip("'>"), "fp32")
     floor = measured_floor(counts, row_precision, lambda shape, prec: measure_throughput(shape, prec, threads))
-    profiled = collections.Counter()
-    for node_type, ms in result["by_type"].items():
-        profiled[OP_CLASS.get(node_type, "other")] += ms
+    profiled = result["by_class"]
     rows = []
     for c in ("gemm", "attention", "conv", "other"):
         fl = floor.per_class_ms.get(c)
@@ -78,6 +102,8 @@ def op_class_table(result: dict, artifact: Path, threads: int) -> list[dict]:
 def profile(artifact: Path, precision: str, iters: int, threads: int, extra: dict, inputs: np.ndarray | None):
     import openvino as ov
 
+    from farl_edge.bench.floor import fused_original_names
+
     manifest = json.loads((artifact / "manifest.json").read_text())
     config = {"PERF_COUNT": "YES", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, **extra}
     if precision != "default":
@@ -89,7 +115,11 @@ def profile(artifact: Path, precision: str, iters: int, threads: int, extra: dic
     x = inputs[: shape[0]] if inputs is not None and len(inputs) >= shape[0] else \
         np.random.default_rng(0).random(shape, dtype=np.float32)
     request.infer({0: x})  # warm-up
+    graph = core.read_model(str(artifact / manifest["model_file"]))
+    attention_nodes = attention_node_names(graph)
+    originals = fused_original_names(compiled)
     by_type = collections.Counter()
+    by_class = collections.Counter()
     by_kernel = collections.Counter()
     by_prec = collections.Counter()
     per_node = collections.Counter()
@@ -103,11 +133,11 @@ def profile(artifact: Path, precision: str, iters: int, threads: int, extra: dic
                 continue
             ms = p.real_time.total_seconds() * 1e3
             by_type[p.node_type] += ms / iters
+            by_class[op_class_of(p.node_type, originals.get(p.node_name, {p.node_name}), attention_nodes)] += ms / iters
             by_kernel[(p.node_type, p.exec_type)] += ms / iters
             by_prec[kernel_precision(p.exec_type)] += ms / iters
             per_node[(p.node_name, p.node_type, p.exec_type)] += ms / iters
     used = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-    graph = core.read_model(str(artifact / manifest["model_file"]))
     graph.reshape(shape)  # static shapes, as profiled
     macs = node_macs(graph)
     top = [{"node": n, "type": t, "kernel": k, "ms": v, "gmacs": macs[n] / 1e9 if n in macs else None}
@@ -115,6 +145,7 @@ def profile(artifact: Path, precision: str, iters: int, threads: int, extra: dic
     return {"artifact": artifact.name, "precision_hint": precision, "precision_used": used, "config": {
         k: str(v) for k, v in config.items()}, "wall_ms_median": float(np.median(walls)),
         "profiled_ms": sum(by_type.values()), "by_type": dict(by_type.most_common()),
+        "by_class": dict(by_class.most_common()),
         "by_precision": dict(by_prec.most_common()),
         "by_kernel": [{"type": t, "kernel": k, "ms": v} for (t, k), v in by_kernel.most_common()],
         "threads": threads, "top_nodes": top}

@@ -16,9 +16,11 @@ class Tiny(nn.Module):
         super().__init__()
         self.fc = nn.Linear(8, 16)
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.up = nn.ConvTranspose2d(4, 2, 4, stride=2, padding=1)
 
     def forward(self, x):  # x: (1, 3, 6, 6)
         y = self.conv(x)                              # conv: 1·4·6·6·3·3·3 MACs
+        y = self.up(y)                                # transposed conv: 1·4·6·6 inputs × 2·4·4 MACs
         t = torch.rand(1, 5, 8)
         h = self.fc(t)                                # gemm: 5×8×16
         attn = h @ h.transpose(1, 2)                  # attention: 1×5×16×5
@@ -27,11 +29,14 @@ class Tiny(nn.Module):
 
 def test_collect_op_shapes_of_a_tiny_model():
     counts = collect_op_shapes(Tiny(), 6)
-    by_class = {s.op_class: (s, n) for s, n in counts.items()}
-    assert set(by_class) == {"gemm", "attention", "conv"}
-    assert by_class["gemm"][0].dims == (5, 8, 16) and by_class["gemm"][0].macs == 5 * 8 * 16
-    assert by_class["attention"][0].macs == 1 * 5 * 16 * 5
-    assert by_class["conv"][0].macs == 1 * 4 * 6 * 6 * 3 * 3 * 3
+    by_class = {(s.op_class, s.transposed): (s, n) for s, n in counts.items()}
+    assert set(by_class) == {("gemm", False), ("attention", False), ("conv", False), ("conv", True)}
+    assert by_class["gemm", False][0].dims == (5, 8, 16) and by_class["gemm", False][0].macs == 5 * 8 * 16
+    assert by_class["attention", False][0].macs == 1 * 5 * 16 * 5
+    assert by_class["conv", False][0].macs == 1 * 4 * 6 * 6 * 3 * 3 * 3
+    up = by_class["conv", True][0]
+    assert up.dims == (1, 4, 6, 6, 2, 4, 4, 2, 2, 1, 1, 1, 1)
+    assert up.macs == 1 * 4 * 6 * 6 * 2 * 4 * 4  # = output 12×12×2 × Cin 4 × (4/2)² taps per output
     assert all(n == 1 for _, n in by_class.values())
 
 
@@ -57,6 +62,17 @@ def test_row_precisions_map_to_kernel_precisions():
     assert seen == ["f32"] and KERNEL_PRECISION["bf16"] == "bf16" and KERNEL_PRECISION["int8"] == "int8"
 
 
+def test_int8_floor_takes_the_faster_of_int8_and_bf16_kernels():
+    """A transposed conv whose int8 kernel is slower than its bf16 one: the int8 row's floor uses bf16."""
+    gemm, deconv = OpShape("gemm", (10, 10, 10)), OpShape("conv", (1, 4, 4, 4, 4, 2, 2, 2, 2, 0, 0, 1, 1))
+    rates = {("gemm", "int8"): 2.0, ("gemm", "bf16"): 1.0, ("conv", "int8"): 0.1, ("conv", "bf16"): 0.5}
+    f = measured_floor({gemm: 1, deconv: 1}, "int8", lambda s, p: rates[s.op_class, p])
+    by_class = {row["op_class"]: row for row in f.shapes}
+    assert by_class["gemm"]["kernel"] == "int8" and by_class["gemm"]["tmacs"] == 2.0
+    assert by_class["conv"]["kernel"] == "bf16" and by_class["conv"]["tmacs"] == 0.5
+    assert f.ms == pytest.approx((gemm.macs / 2.0 + deconv.macs / 0.5) / 1e12 * 1e3)
+
+
 def test_throughput_cache_measures_each_shape_once():
     calls = []
     cache = ThroughputCache(2, measure=lambda s, p, t: calls.append((s, p, t)) or 1.0)
@@ -67,7 +83,9 @@ def test_throughput_cache_measures_each_shape_once():
 
 
 @pytest.mark.parametrize("shape", [OpShape("gemm", (64, 64, 64)), OpShape("attention", (2, 16, 8, 16)),
-                                   OpShape("conv", (1, 8, 16, 16, 8, 3, 3, 1, 1, 1, 1, 1))], ids=lambda s: s.op_class)
+                                   OpShape("conv", (1, 8, 16, 16, 8, 3, 3, 1, 1, 1, 1, 1)),
+                                   OpShape("conv", (1, 8, 8, 8, 4, 4, 4, 2, 2, 1, 1, 1, 1))],
+                         ids=["gemm", "attention", "conv", "transposed"])
 def test_single_op_graphs_run_at_each_precision(shape):
     """Real OpenVINO single-op graphs (small shapes, fast): positive, finite throughput."""
     for precision in ("f32", "bf16", "int8"):
@@ -77,18 +95,23 @@ def test_single_op_graphs_run_at_each_precision(shape):
 
 @pytest.mark.parametrize("shape, op_type, chained", [
     (OpShape("gemm", (197, 384, 1536)), "MatMul", True),
-    (OpShape("attention", (6, 197, 64, 197)), "MatMul", True),
-    (OpShape("conv", (1, 16, 14, 14, 8, 3, 3, 1, 1, 1, 1, 1)), "Convolution", True),
+    (OpShape("attention", (3, 197, 64, 197)), "ScaledDotProductAttention", True),
+    (OpShape("attention", (3, 197, 197, 64)), "ScaledDotProductAttention", True),
+    (OpShape("attention", (2, 10, 8, 6)), "MatMul", True),
+    (OpShape("conv", (1, 16, 14, 14, 16, 3, 3, 1, 1, 1, 1, 1)), "Convolution", True),
+    (OpShape("conv", (1, 16, 14, 14, 8, 3, 3, 1, 1, 1, 1, 1)), "Convolution", False),
     (OpShape("conv", (1, 8, 14, 14, 8, 3, 3, 1, 1, 1, 1, 8)), "GroupConvolution", True),
     (OpShape("conv", (1, 3, 224, 224, 384, 16, 16, 16, 16, 0, 0, 1)), "Convolution", False),
-], ids=["gemm", "attention", "conv3x3", "depthwise", "patch-embed"])
+    (OpShape("conv", (1, 64, 28, 28, 32, 4, 4, 2, 2, 1, 1, 1, 1)), "ConvolutionBackpropData", False),
+], ids=["gemm", "attention-qk", "attention-v", "bmm", "conv3x3", "conv3x3-16to8", "depthwise", "patch-embed", "transposed"])
 def test_timed_graph_repeats_the_shape_as_a_chain(shape, op_type, chained):
     """The timed graph runs exactly ``n`` ops of the shape's MACs; chains feed each op into the next
     and end in the input's shape (each op followed by its return), strided convolutions run as copies."""
     model, n = timed_graph(shape, "int8")
     ops = [op for op in model.get_ordered_ops() if op.get_type_name() == op_type]
-    assert len(ops) == n >= 1
-    assert len([op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]) == 2 * n
+    per_node = 2 if op_type == "ScaledDotProductAttention" else 1  # q·kᵀ and ·v in one node
+    assert len(ops) * per_node == n >= 1
+    assert len([op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]) == 2 * len(ops)
     if chained:
         assert n == chain_length(shape) and n % 2 == 0
         assert len(model.outputs) == 1
@@ -97,6 +120,8 @@ def test_timed_graph_repeats_the_shape_as_a_chain(shape, op_type, chained):
             assert b.input_value(0).get_node().input_value(0).get_node() is a
     else:
         assert len(model.outputs) == n
+        if shape.transposed:  # a stride-2 transposed conv doubles the input's size
+            assert tuple(model.outputs[0].get_shape())[2:] == tuple(2 * d for d in shape.dims[2:4])
     float_model, m = timed_graph(shape, "f32")
     assert m == n and not [op for op in float_model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
 
@@ -105,3 +130,48 @@ def test_chain_length_hides_the_call_cost_of_small_shapes():
     assert chain_length(OpShape("gemm", (197, 384, 384))) >= 14        # 29 MMACs: a long chain
     assert chain_length(OpShape("gemm", (785, 768, 3072))) == 2        # 1.85 GMACs: the op and its return
     assert chain_length(OpShape("gemm", (4, 4, 4))) == 32              # capped
+
+
+def test_profile_classes_fused_attention_and_linear_matmuls():
+    """benchmarks/openvino_profile.py: a fused attention Subgraph counts as attention, a MatMul with a
+    (quantised) weight operand is a linear layer, deconvolutions and quantised FCs get their class."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    spec = importlib.util.spec_from_file_location(
+        "openvino_profile", Path(__file__).resolve().parents[1] / "benchmarks" / "openvino_profile.py")
+    prof = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prof)
+
+    def c(v):
+        return ops.constant(np.array(v, np.float32))
+
+    x = ops.parameter([1, 2, 5, 4], ov.Type.f32, name="x")
+    w = ops.fake_quantize(ops.constant(np.ones((4, 4), np.float32)), c(-1), c(1), c(-1), c(1), 255)
+    lin = ops.matmul(x, w, False, True, name="linear")
+    scores = ops.matmul(lin, x, False, True, name="scores")
+    sdpa = ops.scaled_dot_product_attention(lin, x, x, causal=False, name="sdpa")
+    names = prof.attention_node_names(ov.Model([scores, sdpa], [x]))
+    assert names == {"scores", "sdpa"}
+    assert prof.op_class_of("Subgraph", {"FakeQuantize_12", "sdpa"}, names) == "attention"  # fused, renamed
+    assert prof.op_class_of("Subgraph", {"add_12"}, names) == "other"
+    assert prof.op_class_of("FullyConnectedQuantizedLegacy", {"linear"}, names) == "gemm"
+    assert prof.op_class_of("ConvolutionBackpropData", {"up"}, names) == "conv"
+
+
+def test_fused_original_names_map_runtime_nodes_to_the_ir():
+    """A chain of attention units fuses into Subgraphs named after FakeQuantize nodes; the map still
+    finds every timed attention node among what the runtime nodes execute."""
+    import openvino as ov
+
+    from farl_edge.bench.floor import TIMED, fused_original_names
+
+    model, n = timed_graph(OpShape("attention", (2, 16, 8, 16)), "int8")
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": 1})
+    names = fused_original_names(compiled)
+    timed = {o for originals in names.values() for o in originals if o.startswith(TIMED)}
+    assert timed == {f"{TIMED}{i}" for i in range(n // 2)}

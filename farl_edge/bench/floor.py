@@ -3,12 +3,13 @@ as fast as this CPU's kernels run that same shape alone.
 
 1. ``collect_op_shapes``: one forward under a dispatch mode records every matrix op with its
    shape: ``gemm`` (``mm``/``addmm``: the ViT's qkv / proj / fc1 / fc2, 1×1 work), ``attention``
-   (``bmm``: q·kᵀ and attention·v), ``conv`` (``convolution``: the head).
+   (``bmm``: q·kᵀ and attention·v), ``conv`` (``convolution``, transposed ones included: the head).
 2. ``measure_throughput``: each distinct shape as an OpenVINO graph of 2–32 ops of that shape, each
    feeding the next (so a call's fixed cost is not charged to a few MMACs), at the row's
    precision (int8: FakeQuantize on both operands, which the CPU plugin runs in its int8 kernels;
    bf16 / f32: the inference-precision hint), timed after warm-up; TMAC/s = MACs / median time.
-3. ``measured_floor_ms`` = Σ over shapes of calls × MACs ÷ that shape's throughput;
+3. ``measured_floor_ms`` = Σ over shapes of calls × MACs ÷ that shape's throughput (an int8 row:
+   the faster of the shape's int8 and bf16 kernels, as a mixed int8 model may run either);
    ``x_measured_floor`` = median_ms ÷ measured_floor_ms (1.0 = the model runs as fast as its own
    ops do alone; the nominal ``floor_ms`` uses the ISA's peak instead).
 
@@ -25,12 +26,21 @@ from typing import Callable
 OP_CLASSES = ("gemm", "attention", "conv")
 # Row precision → precision the single-op graphs run at (fp16 IRs run on the CPU's f32/bf16 path).
 KERNEL_PRECISION = {"fp32": "f32", "fp16": "f32", "bf16": "bf16", "int8": "int8"}
+# Kernels an op of a row may run on: an int8 model runs what it does not quantise (or what runs
+# faster so: OpenVINO keeps transposed convolutions in bf16) in bf16, so its floor takes the faster.
+KERNEL_CANDIDATES = {"f32": ("f32",), "bf16": ("bf16",), "int8": ("int8", "bf16")}
 
 
 @dataclass(frozen=True)
 class OpShape:
     op_class: str
-    dims: tuple  # gemm (M, K, N); attention (B, M, K, N); conv (N, Cin, H, W, Cout, kh, kw, sh, sw, ph, pw, groups)
+    # gemm (M, K, N); attention (B, M, K, N);
+    # conv (N, Cin, H, W, Cout, kh, kw, sh, sw, ph, pw, groups[, transposed]) with H, W the input's
+    dims: tuple
+
+    @property
+    def transposed(self) -> bool:
+        return self.op_class == "conv" and len(self.dims) > 12 and bool(self.dims[12])
 
     @property
     def macs(self) -> float:
@@ -39,7 +49,9 @@ class OpShape:
             return float(d[0] * d[1] * d[2])
         if self.op_class == "attention":
             return float(d[0] * d[1] * d[2] * d[3])
-        n, cin, h, w, cout, kh, kw, sh, sw, ph, pw, g = d
+        n, cin, h, w, cout, kh, kw, sh, sw, ph, pw, g = d[:12]
+        if self.transposed:  # every input pixel scatters into kh × kw × Cout/g outputs
+            return float(n * cin * h * w * (cout // g) * kh * kw)
         ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
         return float(n * cout * ho * wo * (cin // g) * kh * kw)
 
@@ -67,10 +79,12 @@ def collect_op_shapes(model, input_size: int, batch: int = 1) -> dict[OpShape, i
                 add(OpShape("attention", (int(a.shape[0]), int(a.shape[1]), int(a.shape[2]), int(b.shape[2]))))
             elif packet is aten.convolution:
                 x, w = args[0], args[1]
-                stride, padding, groups = args[3], args[4], args[8]
+                stride, padding, transposed, groups = args[3], args[4], bool(args[6]), int(args[8])
+                # weight (Cout, Cin/g, kh, kw); transposed: (Cin, Cout/g, kh, kw)
+                cout = int(w.shape[1]) * groups if transposed else int(w.shape[0])
                 add(OpShape("conv", (int(x.shape[0]), int(x.shape[1]), int(x.shape[2]), int(x.shape[3]),
-                                     int(w.shape[0]), int(w.shape[2]), int(w.shape[3]), int(stride[0]),
-                                     int(stride[1]), int(padding[0]), int(padding[1]), int(groups))))
+                                     cout, int(w.shape[2]), int(w.shape[3]), int(stride[0]), int(stride[1]),
+                                     int(padding[0]), int(padding[1]), groups, int(transposed))))
             return func(*args, **kwargs)
 
     x = torch.rand(batch, 3, input_size, input_size)
@@ -83,12 +97,12 @@ def collect_op_shapes(model, input_size: int, batch: int = 1) -> dict[OpShape, i
 
 
 # Each shape is timed inside a chain of ops of its own shape and class, every op feeding the next
-# (alternating (M,K,N) and its return (M,N,K), which costs the same MACs), as in the model: a
+# (a GEMM alternates (M,K,N) and its return (M,N,K), which costs the same MACs, as a ViT's fc1 and
+# fc2 do; a convolution chains only when it keeps its channel count), as in the model: a
 # call's fixed cost is shared by the chain, and no op's output is copied back to the caller.
 # Independent copies of one op (the earlier scheme) charged each copy a quantise of the shared input
 # and an output copy, and read 2× slower than the model's own ops on 224-pixel shapes. Ops that
-# cannot chain (a strided or shape-changing convolution: the patch embedding) run as independent
-# copies instead.
+# cannot chain (strided, transposed or channel-changing convolutions) run as independent copies.
 MIN_GRAPH_MACS = 400e6
 MAX_CHAIN = 32
 MAX_COPIES = 32
@@ -97,9 +111,20 @@ MAX_COPIES = 32
 def chainable(shape: OpShape) -> bool:
     if shape.op_class != "conv":
         return True
-    _, cin, h, w_, cout, kh, kw, sh, sw, ph, pw, g = shape.dims
-    same = sh == sw == 1 and 2 * ph == kh - 1 and 2 * pw == kw - 1
-    return same and cin % g == 0 and cout % g == 0
+    _, cin, h, w_, cout, kh, kw, sh, sw, ph, pw, g = shape.dims[:12]
+    # a conv chains only into itself: Cin→Cout→Cin would time a second, differently shaped conv
+    same = not shape.transposed and sh == sw == 1 and 2 * ph == kh - 1 and 2 * pw == kw - 1
+    return same and cin == cout
+
+
+def self_attention_dims(shape: OpShape) -> tuple[int, int, int] | None:
+    """(heads, tokens, head_dim) when ``shape`` is q·kᵀ (B, T, D, T) or attention·v (B, T, T, D)."""
+    b, m, k, n = shape.dims
+    if n == m:
+        return b, m, k
+    if k == m:
+        return b, m, n
+    return None
 
 
 def chain_length(shape: OpShape) -> int:
@@ -119,13 +144,16 @@ def _quantizer(precision: str):
     def c(v):
         return ops.constant(np.array(v, np.float32))
 
-    def fq(node, weights: bool = False):
+    def fq(node, weights: bool = False, signed: bool = False):
         """What NNCF writes and the CPU plugin's low-precision pass turns into int8 kernels:
-        u8 activations (256 levels, zero point 0), symmetric i8 weights (255 levels)."""
+        u8 activations (256 levels, zero point 0), i8 where they are signed (attention's q and k),
+        symmetric i8 weights (255 levels)."""
         if precision != "int8":
             return node
         if weights:
             return ops.fake_quantize(node, c(-1.27), c(1.27), c(-1.27), c(1.27), 255)
+        if signed:
+            return ops.fake_quantize(node, c(-1.28), c(1.27), c(-1.28), c(1.27), 256)
         return ops.fake_quantize(node, c(0.0), c(2.55), c(0.0), c(2.55), 256)
 
     return fq
@@ -136,6 +164,25 @@ def _weights(rng, shape: tuple, fan_in: int):
     import numpy as np
 
     return (rng.uniform(-1, 1, shape) * np.sqrt(3.0 / fan_in)).astype(np.float32)
+
+
+TIMED = "timed_op_"  # friendly-name prefix of the ops whose kernel time is the measurement
+
+
+def fused_original_names(compiled) -> dict[str, set[str]]:
+    """{runtime node name: names of the IR nodes it executes}: the CPU plugin fuses nodes (a
+    FakeQuantize into an attention kernel, a bias into a convolution) and names the result after
+    any one of them, so the profile's node name alone does not say what a node runs."""
+    out = {}
+    for op in compiled.get_runtime_model().get_ops():
+        names = op.get_rt_info()["originalLayersNames"].astype(str)
+        out[op.get_friendly_name()] = {n for n in names.split(",") if n}
+    return out
+
+
+def _timed(node, i: int):
+    node.set_friendly_name(f"{TIMED}{i}")
+    return node
 
 
 def _chain_model(shape: OpShape, precision: str, length: int):
@@ -153,8 +200,21 @@ def _chain_model(shape: OpShape, precision: str, length: int):
         params.append(x)
         for i in range(length):
             a, b = (k, n) if i % 2 == 0 else (n, k)
-            h = ops.matmul(fq(h), fq(ops.constant(_weights(rng, (b, a), a)), weights=True), False, True)
-    elif shape.op_class == "attention":
+            h = _timed(ops.matmul(fq(h), fq(ops.constant(_weights(rng, (b, a), a)), weights=True), False, True), i)
+    elif shape.op_class == "attention" and self_attention_dims(shape):
+        # The model's q·kᵀ → softmax → ·v becomes one ScaledDotProductAttention (the ONNX frontend
+        # fuses it), which the CPU plugin runs as one kernel: time that, each unit's output the next
+        # one's query; a unit is two ops of this shape's MACs. int8: NNCF's signed FakeQuantize on
+        # q and k (v stays float, as NNCF leaves it).
+        heads, tokens, head_dim = self_attention_dims(shape)
+        h = x = ops.parameter([1, heads, tokens, head_dim], ov.Type.f32, name="q")
+        params.append(x)
+        for i in range(length // 2):
+            k = ops.parameter([1, heads, tokens, head_dim], ov.Type.f32, name=f"k{i}")
+            v = ops.parameter([1, heads, tokens, head_dim], ov.Type.f32, name=f"v{i}")
+            params += [k, v]
+            h = _timed(ops.scaled_dot_product_attention(fq(h, signed=True), fq(k, signed=True), v, causal=False), i)
+    elif shape.op_class == "attention":  # a batched product that is not self-attention: a plain chain
         bsz, m, k, n = d
         h = x = ops.parameter([bsz, m, k], ov.Type.f32, name="x")
         params.append(x)
@@ -162,40 +222,50 @@ def _chain_model(shape: OpShape, precision: str, length: int):
             a, b = (k, n) if i % 2 == 0 else (n, k)
             y = ops.parameter([bsz, a, b], ov.Type.f32, name=f"y{i}")
             params.append(y)
-            h = ops.matmul(fq(h), fq(y), False, False)
+            h = _timed(ops.matmul(fq(h), fq(y), False, False), i)
     else:
-        nb, cin, hh, ww, cout, kh, kw, _, _, ph, pw, g = d
+        nb, cin, hh, ww, cout, kh, kw, _, _, ph, pw, g = d[:12]
         h = x = ops.parameter([nb, cin, hh, ww], ov.Type.f32, name="x")
         params.append(x)
         for i in range(length):
             a, b = (cin, cout) if i % 2 == 0 else (cout, cin)
             if g == 1:
                 wt = ops.constant(_weights(rng, (b, a, kh, kw), a * kh * kw))
-                h = ops.convolution(fq(h), fq(wt, weights=True), [1, 1], [ph, pw], [ph, pw], [1, 1])
+                h = _timed(ops.convolution(fq(h), fq(wt, weights=True), [1, 1], [ph, pw], [ph, pw], [1, 1]), i)
             else:
                 wt = ops.constant(_weights(rng, (g, b // g, a // g, kh, kw), a // g * kh * kw))
-                h = ops.group_convolution(fq(h), fq(wt, weights=True), [1, 1], [ph, pw], [ph, pw], [1, 1])
+                h = _timed(ops.group_convolution(fq(h), fq(wt, weights=True), [1, 1], [ph, pw], [ph, pw], [1, 1]), i)
     return ov.Model([h], params, f"{shape.op_class}-{'x'.join(map(str, d))}-chain{length}")
 
 
 def _copies_model(shape: OpShape, precision: str, copies: int):
     """``copies`` independent convolutions of ``shape`` on one input (each its own weights, so
-    nothing is shared or folded): for the convolutions a chain cannot repeat."""
+    nothing is shared or folded): for the convolutions a chain cannot repeat (strided, transposed)."""
     import numpy as np
     import openvino as ov
     import openvino.opset13 as ops
 
     rng, fq = np.random.default_rng(0), _quantizer(precision)
-    nb, cin, h, w_, cout, kh, kw, sh, sw, ph, pw, g = shape.dims
+    nb, cin, h, w_, cout, kh, kw, sh, sw, ph, pw, g = shape.dims[:12]
     x = ops.parameter([nb, cin, h, w_], ov.Type.f32, name="x")
     outs = []
-    for _ in range(copies):
-        if g == 1:
+    for i in range(copies):
+        if shape.transposed:  # torch's output_padding is left out: it changes only the border
+            if g == 1:
+                wt = ops.constant(_weights(rng, (cin, cout, kh, kw), cin * kh * kw))
+                op = ops.convolution_backprop_data(fq(x), fq(wt, weights=True), [sh, sw], pads_begin=[ph, pw],
+                                                   pads_end=[ph, pw], dilations=[1, 1])
+            else:
+                wt = ops.constant(_weights(rng, (g, cin // g, cout // g, kh, kw), cin // g * kh * kw))
+                op = ops.group_convolution_backprop_data(fq(x), fq(wt, weights=True), [sh, sw], pads_begin=[ph, pw],
+                                                         pads_end=[ph, pw], dilations=[1, 1])
+        elif g == 1:
             wt = ops.constant(_weights(rng, (cout, cin, kh, kw), cin * kh * kw))
-            outs.append(ops.convolution(fq(x), fq(wt, weights=True), [sh, sw], [ph, pw], [ph, pw], [1, 1]))
+            op = ops.convolution(fq(x), fq(wt, weights=True), [sh, sw], [ph, pw], [ph, pw], [1, 1])
         else:
             wt = ops.constant(_weights(rng, (g, cout // g, cin // g, kh, kw), cin // g * kh * kw))
-            outs.append(ops.group_convolution(fq(x), fq(wt, weights=True), [sh, sw], [ph, pw], [ph, pw], [1, 1]))
+            op = ops.group_convolution(fq(x), fq(wt, weights=True), [sh, sw], [ph, pw], [ph, pw], [1, 1])
+        outs.append(_timed(op, i))
     return ov.Model(outs, [x], f"conv-{'x'.join(map(str, shape.dims))}-x{copies}")
 
 
@@ -210,7 +280,9 @@ def timed_graph(shape: OpShape, precision: str):
 
 def measure_throughput(shape: OpShape, precision: str, threads: int, *, min_time_s: float = 0.3,
                        max_iters: int = 200) -> float:
-    """TMAC/s the OpenVINO CPU kernels reach on ``shape`` alone at ``precision`` (f32 / bf16 / int8)."""
+    """TMAC/s the OpenVINO CPU kernels reach on ``shape`` at ``precision`` (f32 / bf16 / int8): MACs over
+    the timed ops' own node time (PERF_COUNT), median over calls. Quantising the graph's input,
+    layout reorders and the call itself are left out: in the model they are the profile's "other"."""
     import numpy as np
     import openvino as ov
 
@@ -219,17 +291,22 @@ def measure_throughput(shape: OpShape, precision: str, threads: int, *, min_time
     model, ops_per_call = timed_graph(shape, precision)
     compiled = core.compile_model(model, "CPU",
                                   {"INFERENCE_NUM_THREADS": int(threads), "INFERENCE_PRECISION_HINT": hint,
-                                   "PERFORMANCE_HINT": "LATENCY"})
+                                   "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": "YES"})
     rng = np.random.default_rng(1)
-    inputs = [rng.uniform(0, 2.5, tuple(p.get_shape())).astype(np.float32) for p in compiled.inputs]
     request = compiled.create_infer_request()
+    for i, p in enumerate(compiled.inputs):  # set once, shared: no input copy inside the timed calls
+        request.set_input_tensor(i, ov.Tensor(rng.uniform(0, 2.5, tuple(p.get_shape())).astype(np.float32)))
+    timed = {node for node, names in fused_original_names(compiled).items()
+             if any(n.startswith(TIMED) for n in names)}
     for _ in range(3):
-        request.infer(inputs)
+        request.infer()
     times, start = [], time.perf_counter()
     while len(times) < max_iters and (time.perf_counter() - start < min_time_s or len(times) < 5):
-        t0 = time.perf_counter()
-        request.infer(inputs)
-        times.append(time.perf_counter() - t0)
+        request.infer()
+        times.append(sum(p.real_time.total_seconds() for p in request.get_profiling_info()
+                         if p.status == p.Status.EXECUTED and p.node_name in timed))
+    if not statistics.median(times) > 0:
+        raise RuntimeError(f"no timed node of {shape} executed: OpenVINO renamed or removed the op")
     return ops_per_call * shape.macs / statistics.median(times) / 1e12
 
 
@@ -253,14 +330,15 @@ def measured_floor(counts: dict[OpShape, int], precision: str,
     class_macs = {c: 0.0 for c in OP_CLASSES}
     shapes = []
     for shape, calls in sorted(counts.items(), key=lambda kv: (kv[0].op_class, kv[0].dims)):
-        tmacs = float(throughput(shape, kp))
-        if not tmacs > 0:
-            raise ValueError(f"throughput of {shape} must be positive, got {tmacs}")
+        rates = {k: float(throughput(shape, k)) for k in KERNEL_CANDIDATES.get(kp, (kp,))}
+        if not all(r > 0 for r in rates.values()):
+            raise ValueError(f"throughput of {shape} must be positive, got {rates}")
+        kernel, tmacs = max(rates.items(), key=lambda kv: kv[1])
         ms = calls * shape.macs / (tmacs * 1e12) * 1e3
         per_class_ms[shape.op_class] += ms
         class_macs[shape.op_class] += calls * shape.macs
         shapes.append({"op_class": shape.op_class, "dims": list(shape.dims), "calls": calls,
-                       "gmacs": calls * shape.macs / 1e9, "tmacs": tmacs, "ms": ms})
+                       "gmacs": calls * shape.macs / 1e9, "tmacs": tmacs, "kernel": kernel, "ms": ms})
     kernel = {c: class_macs[c] / (per_class_ms[c] * 1e-3) / 1e12 for c in OP_CLASSES if per_class_ms[c] > 0}
     return MeasuredFloor(kp, sum(per_class_ms.values()), {c: v for c, v in per_class_ms.items() if v > 0},
                          kernel, shapes)
