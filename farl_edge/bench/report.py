@@ -184,9 +184,12 @@ def markdown(data: dict) -> str:
               "% of floor = 100 × floor / median (100 % = at the hardware limit). The floor is this CPU's: "
               "rows that run on a GPU or through Core ML have none.",
               "- measured floor: Σ over the model's GEMM / attention / conv shapes of calls × MACs ÷ the TMAC/s "
-              "this CPU's kernels reach on that shape alone (single-op OpenVINO graphs at the row's precision, "
-              "timed in this run after the rows); × measured floor = median / measured floor (1.0 = as fast as "
-              "the model's own ops run alone). Kernel throughput per op class: see below.",
+              "this CPU's kernels reach on that shape (OpenVINO graphs of 2–32 ops of the shape, each feeding "
+              "the next; attention as the fused ScaledDotProductAttention; TMAC/s from the ops' own PERF_COUNT "
+              "time, so quantising, reorders and call cost are left to the model; an int8 row takes the faster "
+              "of each shape's int8 and bf16 kernels; timed in this run after the rows); × measured floor = "
+              "median / measured floor (1.0 = every matrix op at its kernel's speed and nothing else costs "
+              "time). Kernel throughput per op class: see below.",
               "- cold start: load (with the runtime's sha256 check of the files) + first inference, fresh process; "
               "peak RSS: the process high-water mark over load, first inference and timing.",
               "- size: artifact files (PyTorch: fp32 parameters and buffers).",
