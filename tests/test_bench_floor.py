@@ -175,3 +175,22 @@ def test_fused_original_names_map_runtime_nodes_to_the_ir():
     names = fused_original_names(compiled)
     timed = {o for originals in names.values() for o in originals if o.startswith(TIMED)}
     assert timed == {f"{TIMED}{i}" for i in range(n // 2)}
+
+
+def test_torch_compile_profile_kinds():
+    """benchmarks/torch_compile_profile.py groups profiler events by who computes them."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "torch_compile_profile", Path(__file__).resolve().parents[1] / "benchmarks" / "torch_compile_profile.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.kind_of("onednn::qlinear_pointwise") == "int8 gemm/conv (oneDNN)"
+    assert mod.kind_of("onednn::qconv_pointwise") == "int8 gemm/conv (oneDNN)"
+    assert mod.kind_of("mkl::_mkl_linear") == "float gemm/conv (oneDNN/MKL)"
+    assert mod.kind_of("mkldnn::_convolution_transpose_pointwise") == "float gemm/conv (oneDNN/MKL)"
+    assert mod.kind_of("aten::bmm") == "attention matmul"
+    assert mod.kind_of("cpp_fused_add_native_layer_norm_12").startswith("inductor fused kernels")
+    assert mod.kind_of("## Call CompiledFxGraph fxyz ##").startswith("graph call")
+    assert mod.kind_of("aten::empty") == "other"
