@@ -73,12 +73,15 @@ def op_class_of(node_type: str, originals: set[str], attention_nodes: set[str]) 
     if originals & attention_nodes:
         return "attention"
     return OP_CLASS.get(node_type, "other")
+
+
 PRECISION_OF_HINT = {"f32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "float32": "fp32"}
 
 
-def op_class_table(result: dict, artifact: Path, threads: int) -> list[dict]:
-    """Per op class: profiled ms vs the measured floor of the artifact's model at its compute precision."""
-    from farl_edge.bench.floor import collect_op_shapes, measured_floor, measure_throughput
+def op_class_table(result: dict, artifact: Path, throughput) -> list[dict]:
+    """Per op class: profiled ms vs the measured floor of the artifact's model at its compute precision.
+    ``throughput``: a :class:`farl_edge.bench.floor.ThroughputCache` shared by the run's artifacts."""
+    from farl_edge.bench.floor import collect_op_shapes, measured_floor
     from farl_edge.models import create_model
     from farl_edge.registry import ModelConfig
 
@@ -87,7 +90,7 @@ def op_class_table(result: dict, artifact: Path, threads: int) -> list[dict]:
     counts = collect_op_shapes(create_model(cfg, pretrained=False), int(manifest["input_size"]))
     row_precision = "int8" if manifest["precision"] == "int8" else PRECISION_OF_HINT.get(
         result["precision_used"].lower().replace("<type: '", "").rstrip("'>"), "fp32")
-    floor = measured_floor(counts, row_precision, lambda shape, prec: measure_throughput(shape, prec, threads))
+    floor = measured_floor(counts, row_precision, throughput)
     profiled = result["by_class"]
     rows = []
     for c in ("gemm", "attention", "conv", "other"):
@@ -247,6 +250,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     extra = dict(kv.split("=", 1) for kv in args.config)
     inputs = np.load(args.inputs) if args.inputs else None
+    from farl_edge.bench.floor import ThroughputCache
+
+    throughput = ThroughputCache(args.threads)  # each shape once, whichever artifacts share it
     results = []
     for spec in args.artifacts:
         path, _, prec = spec.partition(":")
@@ -256,7 +262,7 @@ def main(argv=None) -> int:
                 "inference_precision") or "default"
         results.append(profile(path, prec, args.iters, args.threads, extra, inputs))
         if args.floor:
-            results[-1]["op_classes"] = op_class_table(results[-1], path, args.threads)
+            results[-1]["op_classes"] = op_class_table(results[-1], path, throughput)
         print(markdown(results[-1:]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -54,14 +54,13 @@ def profile_row(model: str, precision: str, threads: int, iters: int, calib: str
 
     # name inductor's generated C++ kernels in the profile (else their time is the graph call's own)
     inductor_config.cpp.enable_kernel_profile = True
-    from farl_edge.registry import get_config
 
     spec = {"model": model, "checkpoint": None, "pretrained": True, "target": "torch-compile",
             "precision": precision, "threads": threads, "calibration": {"data": calib, "size": 32}}
     t0 = time.perf_counter()
     predictor, make_fn = _open_torch_compile(spec)
     build_s = time.perf_counter() - t0
-    s = get_config(model).crop_size
+    s = predictor.config.crop_size
     fn = make_fn(np.random.default_rng(0).random((1, 3, s, s), dtype=np.float32))
     for _ in range(5):
         fn()

@@ -104,8 +104,7 @@ def collect_op_shapes(model, input_size: int, batch: int = 1) -> dict[OpShape, i
 # and an output copy, and read 2× slower than the model's own ops on 224-pixel shapes. Ops that
 # cannot chain (strided, transposed or channel-changing convolutions) run as independent copies.
 MIN_GRAPH_MACS = 400e6
-MAX_CHAIN = 32
-MAX_COPIES = 32
+MAX_OPS = 32
 
 
 def chainable(shape: OpShape) -> bool:
@@ -127,14 +126,19 @@ def self_attention_dims(shape: OpShape) -> tuple[int, int, int] | None:
     return None
 
 
+def _ops_per_graph(shape: OpShape, at_least: int) -> int:
+    """Enough ops of ``shape`` for MIN_GRAPH_MACS (a call's fixed cost hidden), within [at_least, MAX_OPS]."""
+    return int(min(MAX_OPS, max(at_least, -(-MIN_GRAPH_MACS // shape.macs))))
+
+
 def chain_length(shape: OpShape) -> int:
-    """Ops in the timed chain: even (each op and its return), ≥ 2, enough MACs to hide a call's cost."""
-    n = int(min(MAX_CHAIN, max(2, -(-MIN_GRAPH_MACS // shape.macs))))
+    """Ops in the timed chain: even (each op and its return), ≥ 2."""
+    n = _ops_per_graph(shape, 2)
     return n + n % 2
 
 
 def copies_for(shape: OpShape) -> int:
-    return int(min(MAX_COPIES, max(1, -(-MIN_GRAPH_MACS // shape.macs))))
+    return _ops_per_graph(shape, 1)
 
 
 def _quantizer(precision: str):
@@ -180,6 +184,26 @@ def fused_original_names(compiled) -> dict[str, set[str]]:
     return out
 
 
+def _conv(rng, fq, x, cin: int, cout: int, shape: OpShape):
+    """One (group / transposed) convolution of ``shape``'s kernel, stride, padding and groups from
+    ``cin`` to ``cout`` channels, with fresh weights."""
+    import openvino.opset13 as ops
+
+    kh, kw, sh, sw, ph, pw, g = shape.dims[5:12]
+    pads = dict(pads_begin=[ph, pw], pads_end=[ph, pw], dilations=[1, 1])
+    if shape.transposed:  # torch's output_padding is left out: it changes only the border
+        if g == 1:
+            wt = _weights(rng, (cin, cout, kh, kw), cin * kh * kw)
+            return ops.convolution_backprop_data(fq(x), fq(ops.constant(wt), weights=True), [sh, sw], **pads)
+        wt = _weights(rng, (g, cin // g, cout // g, kh, kw), cin // g * kh * kw)
+        return ops.group_convolution_backprop_data(fq(x), fq(ops.constant(wt), weights=True), [sh, sw], **pads)
+    if g == 1:
+        wt = _weights(rng, (cout, cin, kh, kw), cin * kh * kw)
+        return ops.convolution(fq(x), fq(ops.constant(wt), weights=True), [sh, sw], **pads)
+    wt = _weights(rng, (g, cout // g, cin // g, kh, kw), cin // g * kh * kw)
+    return ops.group_convolution(fq(x), fq(ops.constant(wt), weights=True), [sh, sw], **pads)
+
+
 def _timed(node, i: int):
     node.set_friendly_name(f"{TIMED}{i}")
     return node
@@ -201,12 +225,12 @@ def _chain_model(shape: OpShape, precision: str, length: int):
         for i in range(length):
             a, b = (k, n) if i % 2 == 0 else (n, k)
             h = _timed(ops.matmul(fq(h), fq(ops.constant(_weights(rng, (b, a), a)), weights=True), False, True), i)
-    elif shape.op_class == "attention" and self_attention_dims(shape):
+    elif shape.op_class == "attention" and (self_attn := self_attention_dims(shape)):
         # The model's q·kᵀ → softmax → ·v becomes one ScaledDotProductAttention (the ONNX frontend
         # fuses it), which the CPU plugin runs as one kernel: time that, each unit's output the next
         # one's query; a unit is two ops of this shape's MACs. int8: NNCF's signed FakeQuantize on
         # q and k (v stays float, as NNCF leaves it).
-        heads, tokens, head_dim = self_attention_dims(shape)
+        heads, tokens, head_dim = self_attn
         h = x = ops.parameter([1, heads, tokens, head_dim], ov.Type.f32, name="q")
         params.append(x)
         for i in range(length // 2):
@@ -223,49 +247,27 @@ def _chain_model(shape: OpShape, precision: str, length: int):
             y = ops.parameter([bsz, a, b], ov.Type.f32, name=f"y{i}")
             params.append(y)
             h = _timed(ops.matmul(fq(h), fq(y), False, False), i)
-    else:
-        nb, cin, hh, ww, cout, kh, kw, _, _, ph, pw, g = d[:12]
+    else:  # a stride-1 "same" conv that keeps its channels (chainable)
+        nb, cin, hh, ww = d[:4]
         h = x = ops.parameter([nb, cin, hh, ww], ov.Type.f32, name="x")
         params.append(x)
         for i in range(length):
-            a, b = (cin, cout) if i % 2 == 0 else (cout, cin)
-            if g == 1:
-                wt = ops.constant(_weights(rng, (b, a, kh, kw), a * kh * kw))
-                h = _timed(ops.convolution(fq(h), fq(wt, weights=True), [1, 1], [ph, pw], [ph, pw], [1, 1]), i)
-            else:
-                wt = ops.constant(_weights(rng, (g, b // g, a // g, kh, kw), a // g * kh * kw))
-                h = _timed(ops.group_convolution(fq(h), fq(wt, weights=True), [1, 1], [ph, pw], [ph, pw], [1, 1]), i)
+            h = _timed(_conv(rng, fq, h, cin, cin, shape), i)
     return ov.Model([h], params, f"{shape.op_class}-{'x'.join(map(str, d))}-chain{length}")
 
 
 def _copies_model(shape: OpShape, precision: str, copies: int):
     """``copies`` independent convolutions of ``shape`` on one input (each its own weights, so
-    nothing is shared or folded): for the convolutions a chain cannot repeat (strided, transposed)."""
+    nothing is shared or folded): for the convolutions a chain cannot repeat (strided, transposed,
+    channel-changing)."""
     import numpy as np
     import openvino as ov
     import openvino.opset13 as ops
 
     rng, fq = np.random.default_rng(0), _quantizer(precision)
-    nb, cin, h, w_, cout, kh, kw, sh, sw, ph, pw, g = shape.dims[:12]
+    nb, cin, h, w_, cout = shape.dims[:5]
     x = ops.parameter([nb, cin, h, w_], ov.Type.f32, name="x")
-    outs = []
-    for i in range(copies):
-        if shape.transposed:  # torch's output_padding is left out: it changes only the border
-            if g == 1:
-                wt = ops.constant(_weights(rng, (cin, cout, kh, kw), cin * kh * kw))
-                op = ops.convolution_backprop_data(fq(x), fq(wt, weights=True), [sh, sw], pads_begin=[ph, pw],
-                                                   pads_end=[ph, pw], dilations=[1, 1])
-            else:
-                wt = ops.constant(_weights(rng, (g, cin // g, cout // g, kh, kw), cin // g * kh * kw))
-                op = ops.group_convolution_backprop_data(fq(x), fq(wt, weights=True), [sh, sw], pads_begin=[ph, pw],
-                                                         pads_end=[ph, pw], dilations=[1, 1])
-        elif g == 1:
-            wt = ops.constant(_weights(rng, (cout, cin, kh, kw), cin * kh * kw))
-            op = ops.convolution(fq(x), fq(wt, weights=True), [sh, sw], [ph, pw], [ph, pw], [1, 1])
-        else:
-            wt = ops.constant(_weights(rng, (g, cout // g, cin // g, kh, kw), cin // g * kh * kw))
-            op = ops.group_convolution(fq(x), fq(wt, weights=True), [sh, sw], [ph, pw], [ph, pw], [1, 1])
-        outs.append(_timed(op, i))
+    outs = [_timed(_conv(rng, fq, x, cin, cout, shape), i) for i in range(copies)]
     return ov.Model(outs, [x], f"conv-{'x'.join(map(str, shape.dims))}-x{copies}")
 
 
@@ -305,9 +307,10 @@ def measure_throughput(shape: OpShape, precision: str, threads: int, *, min_time
         request.infer()
         times.append(sum(p.real_time.total_seconds() for p in request.get_profiling_info()
                          if p.status == p.Status.EXECUTED and p.node_name in timed))
-    if not statistics.median(times) > 0:
+    median_s = statistics.median(times)
+    if not median_s > 0:
         raise RuntimeError(f"no timed node of {shape} executed: OpenVINO renamed or removed the op")
-    return ops_per_call * shape.macs / statistics.median(times) / 1e12
+    return ops_per_call * shape.macs / median_s / 1e12
 
 
 @dataclass
