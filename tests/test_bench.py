@@ -246,6 +246,27 @@ def test_derived_head_stage():
     assert noisy.status == "unreliable" and "timing noise" in noisy.reason and "median_ms" not in noisy.data
 
 
+def test_int8_slower_than_bf16_says_so():
+    """An int8 row slower than the same target's bf16 row says so and names the profile command;
+    a faster one gets no such note."""
+    from types import SimpleNamespace
+
+    from farl_edge.bench.derive import derive
+    from farl_edge.bench.matrix import Row
+
+    cpu = hardware.CpuInfo("cpu", "GenuineIntel", ["avx512f"], 2, 2, 1000.0, "test")
+    info = SimpleNamespace(cfg=SimpleNamespace(task="alignment"), gmacs={"total": 2.0})
+    rows = [Row("m", "torch-compile", "bf16", "full", 1, "ok", data={"median_ms": 18.2}),
+            Row("m", "torch-compile", "int8", "full", 1, "ok", data={"median_ms": 21.1}),
+            Row("m", "openvino", "bf16", "full", 1, "ok", data={"median_ms": 15.1}),
+            Row("m", "openvino", "int8", "full", 1, "ok", data={"median_ms": 14.7})]
+    derive(rows, {"m": info}, cpu, threads=2, batches=[1])
+    slow = " ".join(rows[1].notes)
+    assert "int8 slower than bf16 in this run (21.1 vs 18.2 ms)" in slow
+    assert "torch_compile_profile.py --model m" in slow
+    assert not any("slower" in n for n in rows[3].notes + rows[0].notes)
+
+
 # ----------------------------------------------------------------------------- end to end
 def test_bench_fast_run(tmp_path, helen_dir):
     """torch + onnx fp32 on the small alignment model, two batch sizes, stages, tiny eval subset;

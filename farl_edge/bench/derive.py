@@ -6,6 +6,13 @@ from __future__ import annotations
 from farl_edge.bench import hardware
 from farl_edge.bench.matrix import METRIC, Row, runs_on_host_cpu
 
+# The command that shows where a target's int8 and bf16 rows spend their time, named in an int8 row
+# that came out slower than bf16 (the issue asks the row to say why, not to hide it).
+PROFILE_COMMAND = {
+    "torch-compile": "python benchmarks/torch_compile_profile.py --model {model} --precisions int8,bf16",
+    "openvino": "python benchmarks/openvino_profile.py <int8 IR> <fp32 IR>:bf16 --floor",
+}
+
 
 def measured_floors(rows: list, infos: dict, threads: int, device: str, log) -> tuple[dict, object]:
     """Time every op shape of the measured rows' models alone; {(model, stage, row precision): MeasuredFloor}.
@@ -100,6 +107,13 @@ def derive(rows: list[Row], infos: dict, cpu: hardware.CpuInfo, threads: int, ba
                     r.data[key] = src.data[key]
             if "metrics" in src.data or "cosine" in src.data:
                 r.data["accuracy_from_batch"] = batches[0]
+        bf16 = by_key.get((r.model, r.target, "bf16", r.stage, r.batch))
+        if (r.precision == "int8" and bf16 is not None and r.data.get("median_ms")
+                and bf16.data.get("median_ms") and r.data["median_ms"] > bf16.data["median_ms"]):
+            why = PROFILE_COMMAND.get(r.target)
+            r.notes.append(f"int8 slower than bf16 in this run ({r.data['median_ms']:.1f} vs "
+                           f"{bf16.data['median_ms']:.1f} ms)"
+                           + (f"; where each spends its time: `{why.format(model=r.model)}`" if why else ""))
         metric, _ = METRIC.get(info.cfg.task, (None, None))
         ref = by_key.get((r.model, "torch", "fp32", "full", batches[0]))
         if metric and r.stage == "full" and "metrics" in r.data and ref is not None and "metrics" in ref.data:
