@@ -100,3 +100,52 @@ def test_openvino_int8_matmul_only(tmp_path):
     quantized_matmuls = [op for op in model.get_ops() if op.get_type_name() == "MatMul"
                          and any(v.get_node().get_type_name() == "FakeQuantize" for v in op.input_values())]
     assert quantized_convs == [] and len(quantized_matmuls) >= 12
+
+
+
+def _activation_fq_symmetric(model) -> list[bool]:
+    """For each FakeQuantize on an activation (its data input is not a constant): is its range
+    symmetric (signed: low = -high·128/127, or unsigned from 0)?"""
+    import numpy as np
+
+    out = []
+    for op in model.get_ops():
+        if op.get_type_name() != "FakeQuantize" or op.input_value(0).get_node().get_type_name() == "Constant":
+            continue
+        low, high = (np.asarray(op.input_value(i).get_node().get_data(), dtype=np.float64) for i in (1, 2))
+        signed = np.allclose(low, -high * 128 / 127, rtol=1e-3, atol=1e-6)
+        out.append(bool(signed or np.allclose(low, 0.0)))
+    return out
+
+
+@pytest.mark.parametrize("preset, all_symmetric", [("performance", True), ("mixed", False)])
+def test_nncf_preset_sets_activation_symmetry(preset, all_symmetric):
+    """nncf_preset=performance makes every activation quantiser symmetric; the default (mixed) keeps
+    asymmetric ones (shifted activations such as GELU outputs); the manifest field names the preset."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from farl_edge.export.openvino_export import quantize_nncf
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.GELU(), torch.nn.Conv2d(16, 16, 3), torch.nn.GELU(),
+                              torch.nn.Flatten(), torch.nn.Linear(16 * 12 * 12, 32), torch.nn.Linear(32, 8)).eval()
+    ov_model = ov.convert_model(net, example_input=torch.zeros(1, 3, 16, 16))
+    rng = np.random.default_rng(0)
+    data = [rng.normal(0.5, 1.0, (1, 3, 16, 16)).astype(np.float32) for _ in range(8)]
+    calibration = SimpleNamespace(batches=lambda cfg, batch: iter(data))
+    q, info = quantize_nncf(ov_model, calibration, None, SimpleNamespace(batch=1), preset=preset)
+    assert info["preset"] == preset.upper()
+    symmetric = _activation_fq_symmetric(q)
+    assert len(symmetric) >= 2 and all(symmetric) == all_symmetric
+
+
+def test_nncf_preset_rejects_unknown():
+    from types import SimpleNamespace
+
+    from farl_edge.export.openvino_export import quantize_nncf
+
+    with pytest.raises(ValueError, match="nncf_preset must be one of mixed, performance"):
+        quantize_nncf(None, SimpleNamespace(), None, SimpleNamespace(batch=1), preset="fast")

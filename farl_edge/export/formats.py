@@ -114,6 +114,9 @@ BUILDER_OPTIONS: dict[str, BuilderOption] = {o.name: o for o in (
     BuilderOption("coreml_activations", choices=["auto", "int8", "fp16"],
                   help="int8: auto = W8A8 where Core ML runs (macOS), else W8"),
     BuilderOption("deployment_target", help="minimum deployment target, e.g. iOS17 (default iOS16, int8 iOS17)"),
+    BuilderOption("nncf_preset", choices=["mixed", "performance"],
+                  help="openvino int8: NNCF preset — mixed (default: asymmetric activations) or performance "
+                       "(symmetric activations: faster on CPUs, check the task metric in the parity report)"),
 )}
 
 
@@ -150,7 +153,7 @@ register_format(Format(
     target="openvino", precisions=("fp32", "fp16", "int8"), builder="farl_edge.export.openvino_export:build",
     backend="openvino", extra="export", requires=("torch", "openvino", "nncf"),
     description="OpenVINO IR (model.xml + model.bin); fp16 = fp16-compressed weights; int8 = NNCF PTQ",
-    int8_modes=("static",),
+    int8_modes=("static",), options=("nncf_preset",),
 ))
 TRT_OPTIONS = ("compute_capability", "max_batch", "opt_batch", "timing_cache", "builder_optimization_level",
                "workspace_mb")

@@ -111,15 +111,22 @@ def ignored_op_types(int8_op_types) -> list[str]:
     return [t for onnx_type, ov_types in OV_OP_TYPES.items() if onnx_type not in int8_op_types for t in ov_types]
 
 
+NNCF_PRESETS = ("mixed", "performance")
+
+
 def quantize_nncf(ov_model, calibration, cfg, export_cfg, *, max_drop: float | None = None, evaluation=None,
-                  int8_op_types=None, log=print) -> tuple[object, dict]:
-    """NNCF post-training INT8 (transformer preset: SmoothQuant), or accuracy-controlled when
+                  int8_op_types=None, preset: str = "mixed", log=print) -> tuple[object, dict]:
+    """NNCF post-training INT8 (transformer model type: SmoothQuant), or accuracy-controlled when
     ``max_drop`` is given (task metric on ``evaluation``: NME_io for alignment, F1 for parsing).
-    ``int8_op_types``: quantise only these ONNX op types (the others stay at the device's float)."""
+    ``int8_op_types``: quantise only these ONNX op types (the others stay at the device's float).
+    ``preset``: mixed (asymmetric activations, the default) or performance (symmetric activations)."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
+    if preset not in NNCF_PRESETS:
+        raise ValueError(f"openvino nncf_preset must be one of {', '.join(NNCF_PRESETS)}, not {preset!r}")
+    nncf_preset = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}[preset]
     batch = export_cfg.batch or 1
     data = list(calibration.batches(cfg, batch))
     # Activation ranges from a histogram (outliers clipped) rather than min/max: with min/max the
@@ -129,12 +136,12 @@ def quantize_nncf(ov_model, calibration, cfg, export_cfg, *, max_drop: float | N
     tail = output_tail(ov_model) + output_layers(ov_model)
     float_types = ignored_op_types(int8_op_types)
     ignored = nncf.IgnoredScope(names=tail, types=float_types, validate=False) if tail or float_types else None
-    info = {"tool": "nncf", "version": nncf.__version__, "model_type": "TRANSFORMER", "preset": "MIXED",
+    info = {"tool": "nncf", "version": nncf.__version__, "model_type": "TRANSFORMER", "preset": preset.upper(),
             "activation_ranges": "histogram", "calibration_batches": len(data), "ignored": tail,
             "float_op_types": float_types}
     with quiet("nncf"):
         if max_drop is None:
-            q = nncf.quantize(ov_model, calib, model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
+            q = nncf.quantize(ov_model, calib, model_type=nncf.ModelType.TRANSFORMER, preset=nncf_preset,
                               subset_size=len(data) * batch, ignored_scope=ignored, advanced_parameters=advanced)
         else:
             if evaluation is None:
@@ -144,7 +151,7 @@ def quantize_nncf(ov_model, calibration, cfg, export_cfg, *, max_drop: float | N
             q = nncf.quantize_with_accuracy_control(
                 ov_model, calib, nncf.Dataset(list(evaluation.samples)), validation_fn=validate, max_drop=max_drop,
                 drop_type=nncf.DropType.ABSOLUTE, model_type=nncf.ModelType.TRANSFORMER,
-                preset=nncf.QuantizationPreset.MIXED, subset_size=len(data) * batch, ignored_scope=ignored,
+                preset=nncf_preset, subset_size=len(data) * batch, ignored_scope=ignored,
                 advanced_quantization_parameters=advanced)
             info.update(accuracy_control={"metric": metric, "max_drop": max_drop, "faces": len(evaluation)})
     info.update(count_quantized(q))
@@ -200,7 +207,8 @@ def build(job: BuildJob) -> BuildResult:
         job.log(f"NNCF INT8 PTQ, {len(job.calibration)} calibration faces")
         ov_model, info["quantization"] = quantize_nncf(ov_model, job.calibration, job.cfg, job.export_cfg,
                                                        max_drop=opts.get("max_drop"), evaluation=job.evaluation,
-                                                       int8_op_types=opts.get("int8_op_types"), log=job.log)
+                                                       int8_op_types=opts.get("int8_op_types"),
+                                                       preset=opts.get("nncf_preset") or "mixed", log=job.log)
     device_default = default_inference_precision()
     # What the artifact is validated (and by default run) with: fp32 means f32 (not the silent
     # bf16 of AMX CPUs); fp16 = fp16-compressed weights computed in f32; int8 leaves the float
