@@ -132,3 +132,26 @@ def test_shipped_recipes_pass_the_key_check(monkeypatch):
         assert cfg["model"] and cfg["recipe"] == str(path)
     with pytest.raises(ValueError, match="unknown fine-tuning config keys"):
         load_config(recipes[0], {"epoch": 3})
+
+
+def test_layer_decay_param_groups():
+    """layer_decay < 1: one backbone group per layer, lr_backbone · decay^(n + 1 − layer) (the
+    embeddings lowest, ln_post / proj at lr_backbone); every trainable parameter in exactly one group."""
+    from farl_edge.train.finetune import param_groups
+
+    model = create_model("farl-small-300w", pretrained=False)
+    n = len(model.backbone.transformer.resblocks)
+    cfg = {**DEFAULTS, "lr_backbone": 1e-3, "lr_head": 2e-3, "layer_decay": 0.5}
+    groups = param_groups(model, cfg)
+    assert groups[0]["lr"] == 2e-3 and len(groups) == 1 + n + 2
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert len(lr_of) == sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)
+    bb = dict(model.backbone.named_parameters())
+    assert lr_of[id(bb["conv1.weight"])] == pytest.approx(1e-3 * 0.5 ** (n + 1))
+    assert lr_of[id(bb["transformer.resblocks.0.attn.in_proj_weight"])] == pytest.approx(1e-3 * 0.5 ** n)
+    assert lr_of[id(bb[f"transformer.resblocks.{n - 1}.mlp.c_fc.weight"])] == pytest.approx(1e-3 * 0.5)
+    assert lr_of[id(bb["ln_post.weight"])] == pytest.approx(1e-3)
+    # off: one backbone group at lr_backbone; out of range: an error naming the key
+    assert [g["lr"] for g in param_groups(model, {**cfg, "layer_decay": 1.0})] == [2e-3, 1e-3]
+    with pytest.raises(ValueError, match="layer_decay"):
+        param_groups(model, {**cfg, "layer_decay": 1.5})

@@ -30,6 +30,9 @@ DEFAULTS = {
     "betas": [0.9, 0.999], "ema": 0.999, "warmup_steps": 100, "bf16": True, "workers": 0, "seed": 0,
     "augment": {}, "eval_limit": None, "eval_every": 1, "threads": None, "max_steps": None,
     "heatmap_sigma": 1.5, "heatmap_weight": 1.0, "init": None, "freeze_backbone": False,
+    # Layer-wise lr decay (BEiT / MAE fine-tuning of MIM-pretrained ViTs): block i of n runs at
+    # lr_backbone · decay^(n − i), the patch embedding at decay^(n + 1); 1.0 = one backbone lr.
+    "layer_decay": 1.0,
     # Distillation: {"model": name, ...TEACHER_DEFAULTS}
     "teacher": None, "init_backbone_from_teacher": True,
     # Slim UPerHead students: start from the teacher's adapter + its most important decoder channels.
@@ -86,13 +89,35 @@ def check_keys(cfg: dict, path: str | Path = "<recipe>") -> None:
             raise ValueError(f"{path}: the 'teacher' section needs 'model'")
 
 
+def backbone_layer_id(name: str, num_blocks: int) -> int:
+    """0 for the embeddings (patch conv, class / positional embedding, ln_pre), i + 1 for
+    ``transformer.resblocks.i``, num_blocks + 1 for what follows the last block (ln_post, proj)."""
+    if name.startswith("transformer.resblocks."):
+        return int(name.split(".")[2]) + 1
+    if name in ("ln_post.weight", "ln_post.bias", "proj"):
+        return num_blocks + 1
+    return 0
+
+
 def param_groups(model, cfg: dict) -> list[dict]:
-    """Backbone and head at their own learning rates (FaRL: 1e-4 / 1e-3 or 1e-2)."""
-    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    """Backbone and head at their own learning rates (FaRL: 1e-4 / 1e-3 or 1e-2); with
+    ``layer_decay`` < 1 one backbone group per layer, the lower layers at lower rates."""
     head = [p for p in model.head.parameters() if p.requires_grad]
     groups = [{"params": head, "lr": cfg["lr_head"]}]
-    if backbone:
-        groups.append({"params": backbone, "lr": cfg["lr_backbone"]})
+    named = [(n, p) for n, p in model.backbone.named_parameters() if p.requires_grad]
+    decay = cfg.get("layer_decay", 1.0)
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"layer_decay must be in (0, 1], not {decay}")
+    if decay == 1.0:
+        if named:
+            groups.append({"params": [p for _, p in named], "lr": cfg["lr_backbone"]})
+        return groups
+    num_blocks = len(model.backbone.transformer.resblocks)
+    by_layer: dict[int, list] = {}
+    for name, p in named:
+        by_layer.setdefault(backbone_layer_id(name, num_blocks), []).append(p)
+    for layer, params in sorted(by_layer.items()):
+        groups.append({"params": params, "lr": cfg["lr_backbone"] * decay ** (num_blocks + 1 - layer)})
     return groups
 
 
