@@ -163,6 +163,20 @@ def test_new_format_needs_no_bench_change(stubs, tmp_path, monkeypatch):
         matrix.BenchConfig(models=[MODEL], targets=["fakert"], export_options={"fakert": {"bogus": 1}})
 
 
+def test_int8_only_export_option_leaves_float_rows_plain(tmp_path):
+    """openvino:nncf_preset reaches the int8 export (and its cache key) only: the fp32 row of the same
+    run is the plain export, which the pipeline would refuse with the option."""
+    from farl_edge.bench.artifacts import artifact_dir, export_kwargs
+
+    cfg = matrix.BenchConfig(models=[MODEL], targets=["openvino"], precisions=["fp32", "int8"], batches=[1],
+                             export_options={"openvino": {"nncf_preset": "performance"}}, out=tmp_path)
+    assert export_kwargs(cfg, "openvino", "int8")["options"] == {"nncf_preset": "performance"}
+    assert "options" not in export_kwargs(cfg, "openvino", "fp32")
+    rows, _ = matrix.plan(cfg, availability=lambda t: (True, ""))
+    dirs = {r.precision: artifact_dir(cfg, r, r.precision).name for r in rows if r.target == "openvino"}
+    assert dirs["fp32"].endswith("openvino-fp32-b1") and "-o" in dirs["int8"]
+
+
 def test_target_precisions_and_torch_devices(tmp_path):
     cfg = matrix.BenchConfig(models=[MODEL], targets=["torch", "tensorrt", "coreml"], device="cuda",
                              precisions=["fp32", "torch:fp16", "torch:bf16", "tensorrt:int8"], batches=[1, 8],

@@ -104,6 +104,9 @@ def test_export_takes_one_request():
         export(ALIGN)  # the old form, export(model, target, precision, **keywords), is gone
     with pytest.raises(ValueError, match="max-drop"):
         check_request(ExportRequest(model=ALIGN, target="onnx", max_drop=0.5))
+    with pytest.raises(ValueError, match="--nncf-preset applies to openvino int8 only, not fp32"):
+        check_request(ExportRequest(model=ALIGN, target="openvino", precision="fp32",
+                                    options={"nncf_preset": "performance"}))
     with pytest.raises(ValueError, match="takes no option coreml_weights"):
         check_request(ExportRequest(model=ALIGN, target="onnx", options={"coreml_weights": "linear8"}))
     with pytest.raises(ValueError, match="calib-size"):

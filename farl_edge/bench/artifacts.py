@@ -21,9 +21,22 @@ def export_kwargs(cfg: BenchConfig, target: str, export_precision: str) -> dict:
     kwargs: dict = {}
     if export_precision == "int8":
         kwargs["int8_mode"] = int8_mode_for(fmt, cfg.onnx_int8_mode)
-    if cfg.export_options.get(target):
-        kwargs["options"] = dict(cfg.export_options[target])
+    options = applicable_options(cfg, target, export_precision)
+    if options:
+        kwargs["options"] = options
     return kwargs
+
+
+def applicable_options(cfg: BenchConfig, target: str, export_precision: str) -> dict:
+    """The run's --export-option values for this target that apply at this precision
+    (openvino:nncf_preset only to int8: the fp32 rows of the same run stay the plain export)."""
+    from farl_edge.export.formats import BUILDER_OPTIONS
+
+    def applies(name: str) -> bool:
+        option = BUILDER_OPTIONS.get(name)
+        return option is None or not option.precisions or export_precision in option.precisions
+
+    return {k: v for k, v in (cfg.export_options.get(target) or {}).items() if applies(k)}
 
 
 def artifact_dir(cfg: BenchConfig, row: Row, export_precision: str) -> Path:
@@ -33,7 +46,7 @@ def artifact_dir(cfg: BenchConfig, row: Row, export_precision: str) -> Path:
     extra = ""
     if export_precision == "int8" and len(fmt.int8_modes) > 1:  # the mode is a choice: part of the name
         extra += f"-{int8_mode_for(fmt, cfg.onnx_int8_mode)}"
-    options = cfg.export_options.get(row.target)
+    options = applicable_options(cfg, row.target, export_precision)
     if options:
         extra += "-o" + hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
     return cfg.cache / "artifacts" / f"{row.model}-{row.stage}-{row.target}-{export_precision}{extra}-b{row.batch}"

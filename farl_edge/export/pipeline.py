@@ -24,7 +24,7 @@ from farl_edge.errors import UserError
 from farl_edge.export import manifest as mf
 from farl_edge.export.calibration import calibration_set, evaluation_set
 from farl_edge.export.config import TOLERANCES, export_config
-from farl_edge.export.formats import FORMATS, BuildJob, get_format
+from farl_edge.export.formats import BUILDER_OPTIONS, FORMATS, BuildJob, get_format
 from farl_edge.export.request import ExportRequest
 from farl_edge.export.validate import ParityError, ParityReport, compare
 from farl_edge.registry import ModelConfig, weights_path
@@ -99,6 +99,10 @@ def check_request(request: ExportRequest):
     if unknown:
         raise UserError(f"target {target!r} takes no option {', '.join(unknown)}; its options: "
                         f"{', '.join(fmt.options) or 'none'}")
+    for name in request.options:
+        option = BUILDER_OPTIONS.get(name)
+        if option is not None and option.precisions and precision not in option.precisions:
+            raise UserError(f"{option.flag} applies to {target} {'/'.join(option.precisions)} only, not {precision}")
     return fmt
 
 
