@@ -32,11 +32,8 @@ def applicable_options(cfg: BenchConfig, target: str, export_precision: str) -> 
     (openvino:nncf_preset only to int8: the fp32 rows of the same run stay the plain export)."""
     from farl_edge.export.formats import BUILDER_OPTIONS
 
-    def applies(name: str) -> bool:
-        option = BUILDER_OPTIONS.get(name)
-        return option is None or not option.precisions or export_precision in option.precisions
-
-    return {k: v for k, v in (cfg.export_options.get(target) or {}).items() if applies(k)}
+    return {k: v for k, v in (cfg.export_options.get(target) or {}).items()
+            if k not in BUILDER_OPTIONS or BUILDER_OPTIONS[k].applies_to(export_precision)}
 
 
 def artifact_dir(cfg: BenchConfig, row: Row, export_precision: str) -> Path:

@@ -32,6 +32,9 @@ class BuilderOption:
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
+    def applies_to(self, precision: str) -> bool:
+        return not self.precisions or precision in self.precisions
+
 
 @dataclass(frozen=True)
 class Format:

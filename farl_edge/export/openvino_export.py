@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from farl_edge.export.formats import BuildJob, BuildResult
+from farl_edge.export.formats import BUILDER_OPTIONS, BuildJob, BuildResult
 from farl_edge.utils import quiet, run_fixed_batch
 
 # Conversion route, chosen by measurement (farl-small-300w, batch 1, f32 hint, 2 shared cores):
@@ -111,9 +111,6 @@ def ignored_op_types(int8_op_types) -> list[str]:
     return [t for onnx_type, ov_types in OV_OP_TYPES.items() if onnx_type not in int8_op_types for t in ov_types]
 
 
-NNCF_PRESETS = ("mixed", "performance")
-
-
 def quantize_nncf(ov_model, calibration, cfg, export_cfg, *, max_drop: float | None = None, evaluation=None,
                   int8_op_types=None, preset: str = "mixed", log=print) -> tuple[object, dict]:
     """NNCF post-training INT8 (transformer model type: SmoothQuant), or accuracy-controlled when
@@ -124,9 +121,10 @@ def quantize_nncf(ov_model, calibration, cfg, export_cfg, *, max_drop: float | N
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    if preset not in NNCF_PRESETS:
-        raise ValueError(f"openvino nncf_preset must be one of {', '.join(NNCF_PRESETS)}, not {preset!r}")
-    nncf_preset = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}[preset]
+    presets = BUILDER_OPTIONS["nncf_preset"].choices  # the --nncf-preset choices: NNCF's preset names, lower case
+    if preset not in presets:
+        raise ValueError(f"openvino nncf_preset must be one of {', '.join(presets)}, not {preset!r}")
+    nncf_preset = getattr(nncf.QuantizationPreset, preset.upper())
     batch = export_cfg.batch or 1
     data = list(calibration.batches(cfg, batch))
     # Activation ranges from a histogram (outliers clipped) rather than min/max: with min/max the

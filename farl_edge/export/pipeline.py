@@ -101,7 +101,7 @@ def check_request(request: ExportRequest):
                         f"{', '.join(fmt.options) or 'none'}")
     for name in request.options:
         option = BUILDER_OPTIONS.get(name)
-        if option is not None and option.precisions and precision not in option.precisions:
+        if option is not None and not option.applies_to(precision):
             raise UserError(f"{option.flag} applies to {target} {'/'.join(option.precisions)} only, not {precision}")
     return fmt
 
