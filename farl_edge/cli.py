@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -110,6 +111,8 @@ def cmd_eval(args) -> int:
             check_output_file(args.json, "--json")
         except ValueError as e:
             raise UserError(str(e)) from None
+        if Path(args.json).exists() and not args.force:
+            raise UserError(f"--json {args.json} exists; pass --force to overwrite it, or choose another file")
     model = Path(args.model)
     if model.is_dir() and not (model / "manifest.json").exists():
         raise UserError(f"--model {model} is a folder without manifest.json: not an exported artifact "
@@ -123,9 +126,9 @@ def cmd_eval(args) -> int:
     samples = open_dataset(data, args.format, strict=not args.skip_bad)
     metrics = evaluate(predictor, samples, batch_size=args.batch_size, limit=args.limit)
     metrics = {"model": predictor.config.name, "data": str(data), **metrics}
-    _print_metrics(metrics)
-    if args.json:
+    if args.json:  # before printing: a reader that closes the pipe early must not cost the file
         atomic_write_json(Path(args.json), metrics)
+    _print_metrics(metrics)
     if not metrics.get("n"):
         print(f"farl-edge eval: error: no face of {data} could be evaluated", file=sys.stderr)
         return 1
@@ -157,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-torchscript", action="store_true", help="allow TorchScript checkpoints (runs code from the file)")
     p.add_argument("--data", required=True, help="data set folder")
     p.add_argument("--format", choices=["300w", "wflw", "aflw19", "lapa", "celebamask-hq"], help="default: detect")
-    p.add_argument("--json", help="write the metrics here")
+    p.add_argument("--json", help="write the metrics here (an existing file is kept unless --force)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     p.add_argument("--limit", type=positive_int, help="first N faces only")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed samples (listed) instead of stopping")
     p.add_argument("--batch-size", type=positive_int, default=8)
@@ -218,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that closed the pipe shows here, inside the BrokenPipeError handler
+        return code
     except (FarlEdgeError, FileNotFoundError, PermissionError) as e:
         print(f"farl-edge {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -236,6 +242,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"farl-edge {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader closed stdout early (`| head`): stop quietly, as a SIGPIPE-killed tool would.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests, notebooks)
+            pass
+        return 128 + 13
     except KeyboardInterrupt as e:
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         print(f"farl-edge {args.command}: {what}; partial files were removed", file=sys.stderr)

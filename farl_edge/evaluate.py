@@ -66,6 +66,20 @@ def predict_samples(predictor: Predictor, samples: Sequence[FaceSample], batch_s
     bar.close()
 
 
+def _check_task_matches_data(cfg, sample: FaceSample) -> None:
+    """Before any prediction: an alignment model needs landmarks, a parsing model needs masks."""
+    has_landmarks = sample.landmarks is not None
+    has_mask = sample.mask_path is not None or sample.mask_parts is not None
+    if cfg.task == "alignment" and not has_landmarks:
+        raise UserError(f"model {cfg.name!r} is an alignment model, but the data has no landmarks"
+                        f"{' (it is a parsing data set: it has masks)' if has_mask else ''}; "
+                        f"evaluate it on landmark data (300w, wflw, aflw19)")
+    if cfg.task == "parsing" and not has_mask:
+        raise UserError(f"model {cfg.name!r} is a parsing model, but the data has no masks"
+                        f"{' (it is a landmark data set)' if has_landmarks else ''}; "
+                        f"evaluate it on parsing data (lapa, celebamask-hq)")
+
+
 def evaluate(predictor: Predictor, samples: Sequence[FaceSample], batch_size: int = 8, limit: int | None = None,
              progress: bool = True) -> dict:
     """Task metrics over ``samples`` (percent values, FaRL's definitions)."""
@@ -73,6 +87,7 @@ def evaluate(predictor: Predictor, samples: Sequence[FaceSample], batch_size: in
     samples = list(samples)[:limit] if limit else list(samples)
     if not samples:
         raise UserError("no samples to evaluate")
+    _check_task_matches_data(cfg, samples[0])
     if cfg.task == "alignment":
         convention = cfg.dataset if cfg.dataset in AUC_THRESHOLDS else "300w"
         meter = AlignmentMeter(convention, AUC_THRESHOLDS[convention])

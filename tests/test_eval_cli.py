@@ -66,3 +66,36 @@ def test_eval_unknown_model_is_one_line_error(helen_dir, capsys):
 def test_eval_missing_data_folder(tmp_path, capsys):
     assert main(["eval", "--model", "farl-small-300w", "--data", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_eval_keeps_an_existing_json_unless_forced(helen_dir, tmp_path, capsys):
+    out = tmp_path / "helen.json"
+    out.write_text("mine")
+    args = ["eval", "--model", "farl-small-300w", "--data", str(helen_dir), "--limit", "2", "--json", str(out)]
+    assert main(args) == 2
+    assert "exists; pass --force" in capsys.readouterr().err and out.read_text() == "mine"
+    assert main([*args, "--force"]) == 0
+    assert json.loads(out.read_text())["n"] == 2
+
+
+@pytest.mark.parametrize("model, data, words", [
+    ("farl-small-300w", "celebm_val_dir", ("alignment model", "no landmarks", "parsing data set")),
+    ("farl-small-celebm", "helen_dir", ("parsing model", "no masks", "landmark data set")),
+])
+def test_eval_task_and_data_mismatch_is_named(model, data, words, request, capsys):
+    assert main(["eval", "--model", model, "--data", str(request.getfixturevalue(data))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert all(w in err for w in words) and "\n" not in err
+
+
+def test_stdout_closed_early_is_quiet():
+    """`farl-edge models | head -1`: the reader closes the pipe; no traceback, SIGPIPE's exit status."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "farl_edge.cli", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the child writes anything: its first flush meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
