@@ -66,7 +66,7 @@ def predict_samples(predictor: Predictor, samples: Sequence[FaceSample], batch_s
     bar.close()
 
 
-def _check_task_matches_data(cfg, sample: FaceSample) -> None:
+def _check_task_matches_data(cfg: ModelConfig, sample: FaceSample) -> None:
     """Before any prediction: an alignment model needs landmarks, a parsing model needs masks."""
     has_landmarks = sample.landmarks is not None
     has_mask = sample.mask_path is not None or sample.mask_parts is not None
