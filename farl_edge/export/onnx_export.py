@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import logging
 import warnings
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from farl_edge.export.formats import BuildJob, BuildResult
 ORT_FP16_BLOCK = ("LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
                   "Softmax", "Sigmoid", "Resize", "ReduceMean", "Pow", "Sqrt", "Div", "Erf")
 SINGLE_FILE_LIMIT = 1_800_000_000  # protobuf's 2 GB limit, with margin
+# Warns once per torchvision op it cannot register ("torchvision is not installed"); FaRL uses none.
+ONNX_REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
 
 
 def torch2onnx(model, path: Path, export_cfg: ExportConfig, exporter: str | None = None) -> Path:
@@ -55,11 +58,24 @@ def torch2onnx(model, path: Path, export_cfg: ExportConfig, exporter: str | None
         kwargs["dynamic_axes"] = {n: {0: "batch"} for n in (*export_cfg.input_names, *export_cfg.output_names)}
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
+            contextlib.redirect_stderr(io.StringIO()), _quiet_logger(ONNX_REGISTRY_LOGGER):
         warnings.simplefilter("ignore")
         with torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(model, (example,), str(path), **kwargs)
     return path
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """Errors only from ``name`` for the block: torch's log handlers hold the original stderr, so
+    redirect_stderr alone does not reach them."""
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def fix_batch(model, batch: int | None, dim_name: str = "batch") -> None:
