@@ -108,11 +108,9 @@ def cmd_eval(args) -> int:
         raise UserError(f"data folder {data} does not exist")
     if args.json:
         try:
-            check_output_file(args.json, "--json")
+            check_output_file(args.json, "--json", force=args.force)
         except ValueError as e:
             raise UserError(str(e)) from None
-        if Path(args.json).exists() and not args.force:
-            raise UserError(f"--json {args.json} exists; pass --force to overwrite it, or choose another file")
     model = Path(args.model)
     if model.is_dir() and not (model / "manifest.json").exists():
         raise UserError(f"--model {model} is a folder without manifest.json: not an exported artifact "

@@ -132,10 +132,13 @@ def creatable_in(path: str | Path, what: str) -> Path:
     return probe
 
 
-def check_output_file(path: str | Path, flag: str = "--json") -> Path:
-    """One-line UserError when ``path`` cannot be a file we write (checked before long work)."""
+def check_output_file(path: str | Path, flag: str = "--json", *, force: bool = True) -> Path:
+    """One-line UserError when ``path`` cannot be a file we write (checked before long work); with
+    ``force`` False, also when it already exists."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'result.json'}")
+    if not force and path.exists():
+        raise UserError(f"{flag} {path} exists; pass --force to overwrite it, or choose another file")
     creatable_in(path, f"{flag} {path}")
     return path

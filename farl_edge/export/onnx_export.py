@@ -19,7 +19,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
-import logging
 import warnings
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from farl_edge.export.config import ExportConfig
 from farl_edge.export.formats import BuildJob, BuildResult
+from farl_edge.utils import quiet
 
 ORT_FP16_BLOCK = ("LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
                   "Softmax", "Sigmoid", "Resize", "ReduceMean", "Pow", "Sqrt", "Div", "Erf")
@@ -57,25 +57,10 @@ def torch2onnx(model, path: Path, export_cfg: ExportConfig, exporter: str | None
         kwargs["dynamo"] = False
         kwargs["dynamic_axes"] = {n: {0: "batch"} for n in (*export_cfg.input_names, *export_cfg.output_names)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()), _quiet_logger(ONNX_REGISTRY_LOGGER):
-        warnings.simplefilter("ignore")
+    with quiet(ONNX_REGISTRY_LOGGER, stderr=True):
         with torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(model, (example,), str(path), **kwargs)
     return path
-
-
-@contextlib.contextmanager
-def _quiet_logger(name: str):
-    """Errors only from ``name`` for the block: torch's log handlers hold the original stderr, so
-    redirect_stderr alone does not reach them."""
-    logger = logging.getLogger(name)
-    previous = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
 
 
 def fix_batch(model, batch: int | None, dim_name: str = "batch") -> None:
